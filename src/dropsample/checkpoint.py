@@ -1,0 +1,150 @@
+"""Self-contained checkpoint folders, written atomically, loaded without unpickling.
+
+    checkpoints/<last|best>/
+        model.safetensors   weights (the tied lm_head is not stored twice)
+        config.json         model config (GPTConfig, dropout placement included)
+        tokenizer.json      the run's tokenizer
+        state.safetensors   optimizer moments and RNG states (tensors)
+        state.json          step, optimizer hyper-parameters, schedule and trainer state
+
+A save writes a temporary sibling folder, fsyncs it and swaps it in with renames; a
+process killed mid-save leaves the previous folder (possibly under `.old-<name>`,
+which `resolve` falls back to) and never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dropsample.model import GPT, GPTConfig
+
+TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    model_config: GPTConfig
+    state: dict  # contents of state.json
+
+    def load_model(self, device="cpu") -> GPT:
+        model = GPT(self.model_config)
+        weights = load_file(str(self.folder / "model.safetensors"), device="cpu")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or set(missing) - {TIED}:
+            raise ValueError(f"{self.folder}: weights do not match the model config ({missing or unexpected})")
+        return model.to(device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.folder / "state.safetensors"), device="cpu")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    old = target.with_name(f".old-{target.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save(
+    target: Path,
+    model: GPT,
+    tokenizer_json: Path,
+    *,
+    state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+) -> None:
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
+        save_file(weights, str(tmp / "model.safetensors"))
+        _write_json(tmp / "config.json", model.config.to_dict())
+        shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+        tensors, state = {}, dict(state)
+        if optimizer is not None:
+            opt = optimizer.state_dict()
+            for index, slots in opt["state"].items():
+                for slot, value in slots.items():
+                    tensors[f"optimizer.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
+            state["optimizer_param_groups"] = opt["param_groups"]
+        for name, value in (rng or {}).items():
+            tensors[f"rng.{name}"] = value.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        _write_json(tmp / "state.json", state)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        _swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def copy(source: Path, target: Path) -> None:
+    """Atomically make `target` a copy of checkpoint folder `source` (best <- last)."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    try:
+        for f in source.iterdir():
+            shutil.copyfile(f, tmp / f.name)
+        _fsync_dir(tmp)
+        _swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(folder: Path) -> Path | None:
+    """The readable checkpoint folder for `folder`, or its pre-swap copy, or None."""
+    folder = Path(folder)
+    for candidate in (folder, folder.with_name(f".old-{folder.name}")):
+        if (candidate / "state.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    return None
+
+
+def load(folder: Path) -> Checkpoint:
+    found = resolve(folder)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {folder}")
+    config = GPTConfig.from_dict(json.loads((found / "config.json").read_text()))
+    state = json.loads((found / "state.json").read_text())
+    return Checkpoint(found, config, state)
+
+
+def optimizer_state(ckpt: Checkpoint, tensors: dict[str, torch.Tensor]) -> dict:
+    """Rebuild a torch optimizer state_dict from state.safetensors + state.json."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, slot = key.split(".", 2)
+            state.setdefault(int(index), {})[slot] = value
+    return {"state": state, "param_groups": ckpt.state["optimizer_param_groups"]}

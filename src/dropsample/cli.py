@@ -1,0 +1,221 @@
+"""The `dropsample` command: a thin map from subcommands to plain functions.
+
+Bad input (UserError) becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from dropsample.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="How dropout at training time and decoding at inference shape a small GPT's perplexity, "
+    "train/val gap and diversity.",
+)
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _fail(err: UserError) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(err.exit_code)
+
+
+def _hydra_overrides_error(exc: Exception) -> UserError:
+    """Hydra's multi-line composition errors, as one line that says what to do."""
+    import re
+
+    from dropsample.config import conf_dir
+
+    text = str(exc)
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        return UserError(f"{key}: unknown key; `dropsample train --cfg job` lists every key")
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+        return UserError(f"{group}={option}: no such option; choose one of {', '.join(options)}")
+    text = "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return UserError(f"{text} (see `dropsample train --cfg job` for every key, conf/ for the groups)")
+
+
+def preflight(overrides: list[str], multirun: bool) -> int:
+    """Compose and validate every job's config before Hydra creates any folder; return the job count."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from dropsample.config import conf_dir, validate
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            parser = OverridesParser.create()
+            parsed = parser.parse_overrides(overrides)
+            if multirun:
+                # sweeps written in experiment files (hydra.sweeper.params) come before the command line
+                first = [o.input_line for o in parsed if not o.is_sweep_override()]
+                hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
+                params = OmegaConf.to_container(hydra_cfg.sweeper.get("params") or {})
+                parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()]) + parsed
+                jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            else:
+                sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+                if sweeps:
+                    raise UserError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
+                jobs = [overrides]
+            for job in jobs:
+                validate(compose("config", overrides=job))
+    except UserError:
+        raise
+    except Exception as exc:  # Hydra's override and composition errors
+        raise _hydra_overrides_error(exc) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return len(jobs)
+
+
+def _hydra_task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from dropsample.experiment import run_job
+
+    hc = HydraConfig.get()
+    run_job(cfg, Path(hc.runtime.output_dir), multirun=hc.mode == RunMode.MULTIRUN)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(
+    ctx: typer.Context,
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="One job per combination of swept values."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue RUN_DIR from checkpoints/last."),
+) -> None:
+    """Train a GPT (then sample from it). Arguments are Hydra overrides.
+
+    Config groups (conf/): model=tiny|baby|shakespeare|gpt2, data=tiny_shakespeare|wikitext2|text,
+    dropout=standard|none|everywhere, +experiment=NAME, hydra/launcher=joblib|submitit_local|submitit_slurm.
+
+    Examples:
+      dropsample train model=shakespeare dropout.rate=0.2 train.max_iters=3000
+      dropsample train -m dropout.rate=0,0.1,0.2 seed=0,1
+      dropsample train --cfg job      (print the composed config)
+    """
+    overrides = list(ctx.args)
+    if resume is not None:
+        if overrides:
+            _fail(UserError("--resume continues a run with its own config; drop the overrides"))
+        from dropsample.experiment import resume_run
+
+        resume_run(resume)
+        return
+    hydra_flags = [a for a in overrides if a.startswith("-")]
+    if not hydra_flags:
+        try:
+            preflight(overrides, multirun)
+        except UserError as err:
+            _fail(err)
+    import hydra
+
+    from dropsample.config import conf_dir
+
+    sys.argv = ["dropsample"] + (["--multirun"] if multirun else []) + overrides
+    hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_task)()
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def sample(
+    ctx: typer.Context,
+    run_dir: Path = typer.Argument(..., help="A run folder."),
+    name: Optional[str] = typer.Option(None, "--name", help="samples/<name>/ (default: a timestamp)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="One prompt for every sample."),
+) -> None:
+    """Generate with each sampler from a run's checkpoint and compare quality and diversity.
+
+    Overrides: samplers=[greedy,top_k_40,{base: top_p_0.9, temperature: 0.7}] gen.num_samples=200
+    gen.max_new_tokens=256 gen.checkpoint=last gen.mc_dropout=true ...
+    """
+    from dropsample.generation import sample_command
+
+    try:
+        sample_command(run_dir, list(ctx.args), name=name, prompt=prompt)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    mc_samples: int = typer.Option(0, "--mc-samples", help="Also: perplexity of the mean of K MC-dropout predictions."),
+    batches: int = typer.Option(0, "--batches", help="Evaluate on this many batches (0 = the whole split)."),
+) -> None:
+    """Loss, perplexity and bits per character on val (and test) for a checkpoint."""
+    from dropsample.evaluation import eval_command
+
+    try:
+        eval_command(run_dir, checkpoint, mc_samples=mc_samples, max_batches=batches)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder."),
+    out_dir: Path = typer.Argument(..., help="Folder to write."),
+    format: str = typer.Option("hf", "--format", help="hf: a folder transformers loads as GPT2LMHeadModel."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+) -> None:
+    """Export a checkpoint for other tools."""
+    from dropsample.export import export_hf
+
+    try:
+        if format != "hf":
+            raise UserError(f"--format {format!r} is not supported; use --format hf")
+        export_hf(run_dir, out_dir, checkpoint)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
+def report(
+    paths: List[Path] = typer.Argument(..., help="Sweep folders, run folders, or globs of them."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where report.md, results.csv and plots go."),
+) -> None:
+    """Compare runs: one row per configuration, seeds aggregated, plots and findings."""
+    from dropsample.report import report_command
+
+    try:
+        report_command(paths, out)
+    except UserError as err:
+        _fail(err)
+
+
+@app.command()
+def status(path: Path = typer.Argument(..., help="A sweep or experiment folder.")) -> None:
+    """Jobs done, running and failed in a sweep."""
+    from rich.console import Console
+
+    from dropsample.sweep import status_table, sweep_rows
+
+    rows = sweep_rows(path)
+    if not rows:
+        _fail(UserError(f"no runs under {path}; pass a sweep or experiment folder"))
+    Console().print(status_table(rows, str(path)))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app()

@@ -1,0 +1,232 @@
+"""Dropout, as dropsample places it: a rate per site, variants, and schedules.
+
+Every rate here is the probability of *dropping*. All variants are "inverted":
+kept values are scaled by 1 / (1 - p) in training so that eval mode (no dropout)
+needs no rescaling and the expected activation is unchanged.
+
+Sites (where a GPT block can drop, in reading order):
+    embd        after token + position embeddings           x: (B, T, C)
+    attn        on the attention probabilities              (inside SDPA)
+    resid_attn  after the attention output projection       x: (B, T, C)
+    mlp_hidden  after the MLP activation                     x: (B, T, 4C)
+    resid_mlp   after the MLP output projection             x: (B, T, C)
+    head        before the final LayerNorm and LM head       x: (B, T, C)
+
+Variants:
+    locked      one mask per sequence shared over positions (variational dropout)
+    word        whole token types dropped from the embedding matrix, per batch
+    drop_head   whole attention heads dropped per sample
+    drop_path   a whole residual branch dropped per sample (stochastic depth)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SITES = ("embd", "attn", "resid_attn", "mlp_hidden", "resid_mlp", "head")
+LOCKABLE_SITES = ("embd", "resid_attn", "mlp_hidden", "resid_mlp", "head")
+SCHEDULES = ("constant", "early", "late", "linear", "val_plateau")
+
+
+@dataclass
+class DropoutConfig:
+    """Base rates per site and variant; a schedule multiplies all of them."""
+
+    embd: float = 0.0
+    attn: float = 0.0
+    resid_attn: float = 0.0
+    mlp_hidden: float = 0.0
+    resid_mlp: float = 0.0
+    head: float = 0.0
+    locked: tuple[str, ...] = ()
+    word: float = 0.0
+    drop_head: float = 0.0
+    drop_path: float = 0.0
+    drop_path_by_depth: bool = True
+
+    def rates(self) -> dict[str, float]:
+        """Every rate by name, variants included (what metrics.jsonl records)."""
+        names = SITES + ("word", "drop_head", "drop_path")
+        return {name: getattr(self, name) for name in names}
+
+    def scaled(self, factor: float) -> "DropoutConfig":
+        values = asdict(self)
+        for name in self.rates():
+            values[name] = getattr(self, name) * factor
+        values["locked"] = tuple(self.locked)
+        return DropoutConfig(**values)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["locked"] = list(self.locked)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DropoutConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["locked"] = tuple(d.get("locked", ()))
+        return cls(**d)
+
+
+def resolve_rates(cfg: dict) -> DropoutConfig:
+    """Turn the `dropout` config group (shorthand `rate` + `sites`) into per-site rates.
+
+    A site's own number wins; null means "`rate` if the site is listed in `sites`, else 0".
+    """
+    shorthand = cfg.get("rate") or 0.0
+    listed = set(cfg.get("sites") or ())
+    rates = {}
+    for site in SITES:
+        value = cfg.get(site)
+        rates[site] = float(value) if value is not None else (float(shorthand) if site in listed else 0.0)
+    return DropoutConfig(
+        **rates,
+        locked=tuple(cfg.get("locked") or ()),
+        word=float(cfg.get("word") or 0.0),
+        drop_head=float(cfg.get("drop_head") or 0.0),
+        drop_path=float(cfg.get("drop_path") or 0.0),
+        drop_path_by_depth=bool(cfg.get("drop_path_by_depth", True)),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Modules. Each holds its rate as a plain float `p` that the trainer may change
+# between steps (schedules); `p == 0` or eval mode makes each an identity.
+
+
+class SiteDropout(nn.Module):
+    """Inverted dropout on (B, T, C) activations; `locked` shares one mask over T."""
+
+    def __init__(self, p: float = 0.0, locked: bool = False):
+        super().__init__()
+        self.p = p
+        self.locked = locked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if not self.locked:
+            return F.dropout(x, self.p, training=True)
+        B, _, C = x.shape
+        # one (B, 1, C) mask broadcast over positions: the same units are off for
+        # the whole sequence, as in Gal & Ghahramani's variational dropout
+        mask = x.new_empty(B, 1, C).bernoulli_(1.0 - self.p)
+        return x * mask / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, locked={self.locked}"
+
+
+def word_dropout_mask(idx: torch.Tensor, vocab_size: int, p: float) -> torch.Tensor:
+    """Per-batch mask over token *types*: (B, T, 1) multiplier, 0 or 1/(1-p).
+
+    Every occurrence of a dropped token id is zeroed together (AWD-LSTM's embedding
+    dropout), which is what distinguishes it from dropping embedding positions.
+    """
+    keep_type = torch.empty(vocab_size, device=idx.device).bernoulli_(1.0 - p) / (1.0 - p)
+    return keep_type[idx].unsqueeze(-1)
+
+
+def per_sample_keep(batch: int, p: float, like: torch.Tensor, extra_dims: int) -> torch.Tensor:
+    """(B, 1, ..., 1) multiplier of 0 or 1/(1-p): one coin per sample (DropPath)."""
+    shape = (batch,) + (1,) * extra_dims
+    return like.new_empty(shape).bernoulli_(1.0 - p) / (1.0 - p)
+
+
+def drop_path_rates(p: float, n_layer: int, by_depth: bool) -> list[float]:
+    """Stochastic depth per layer: linear in depth (Huang et al. 2016) or uniform."""
+    if not by_depth:
+        return [p] * n_layer
+    return [p * (layer + 1) / n_layer for layer in range(n_layer)]
+
+
+def set_mc_dropout(model: nn.Module, active: bool) -> None:
+    """Keep dropout sampling at inference (MC dropout) or restore eval behaviour.
+
+    The GPT has no batch statistics (LayerNorm behaves the same in both modes), so
+    train mode differs from eval mode only in its dropout: train mode *is* MC dropout.
+    Call it under torch.no_grad().
+    """
+    model.train(active)
+
+
+# ---------------------------------------------------------------------------
+# Schedules: a factor in [0, 1] multiplying every configured rate.
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "constant"
+    start: float = 0.0
+    end: float = 0.25
+    start_step: int | None = None
+    end_step: int | None = None
+    early_decay: str = "hold"
+    from_factor: float = 1.0
+    to_factor: float = 0.0
+    plateau_factor: float = 0.5
+    plateau_threshold: float = 0.01
+    plateau_min_factor: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ScheduleConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (d or {}).items() if k in known})
+
+
+@dataclass
+class DropoutSchedule:
+    """Maps a training step to a rate factor. `val_plateau` also listens to evaluations.
+
+    Its only mutable state (`plateau_factor_now`, `last_val`) is saved in checkpoints,
+    so a resumed run continues with exactly the factor it had.
+    """
+
+    cfg: ScheduleConfig
+    max_iters: int
+    plateau_factor_now: float = 1.0
+    last_val: float | None = None
+
+    def _step_of(self, fraction: float, step: int | None) -> int:
+        return int(step) if step is not None else int(round(fraction * self.max_iters))
+
+    def factor(self, step: int) -> float:
+        c = self.cfg
+        if c.kind == "constant":
+            return 1.0
+        if c.kind == "early":
+            end = self._step_of(c.end, c.end_step)
+            if step >= end:
+                return 0.0
+            return 1.0 if c.early_decay == "hold" else 1.0 - step / max(end, 1)
+        if c.kind == "late":
+            return 1.0 if step >= self._step_of(c.start, c.start_step) else 0.0
+        if c.kind == "linear":
+            t = min(step / max(self.max_iters, 1), 1.0)
+            return c.from_factor + (c.to_factor - c.from_factor) * t
+        if c.kind == "val_plateau":
+            return self.plateau_factor_now
+        raise ValueError(f"unknown dropout schedule {c.kind!r}")
+
+    def observe_val(self, val_loss: float) -> None:
+        """val_plateau: factor *= plateau_factor when val loss fell by < threshold since the last eval."""
+        if self.cfg.kind != "val_plateau" or not math.isfinite(val_loss):
+            return
+        if self.last_val is not None and (self.last_val - val_loss) < self.cfg.plateau_threshold:
+            self.plateau_factor_now = max(
+                self.cfg.plateau_min_factor, self.plateau_factor_now * self.cfg.plateau_factor
+            )
+        self.last_val = val_loss
+
+    def state_dict(self) -> dict:
+        return {"plateau_factor_now": self.plateau_factor_now, "last_val": self.last_val}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plateau_factor_now = float(state["plateau_factor_now"])
+        self.last_val = state["last_val"]

@@ -1,0 +1,241 @@
+"""A GPT-2 style language model with a separate dropout rate at every site.
+
+Parameter names and shapes map one-to-one to transformers' GPT2LMHeadModel
+(`transformer.h.0.attn.c_attn.weight` ...), except that we use nn.Linear
+(out, in) where GPT-2 uses Conv1D (in, out): export transposes.
+
+Shapes: B batch, T time, C n_embd, H n_head, D = C // H head size, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dropsample.dropout import (
+    DropoutConfig,
+    SiteDropout,
+    drop_path_rates,
+    per_sample_keep,
+    word_dropout_mask,
+)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int  # longest context the position table covers
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size,
+            "block_size": self.block_size,
+            "n_layer": self.n_layer,
+            "n_head": self.n_head,
+            "n_embd": self.n_embd,
+            "dropout": self.dropout.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        d = dict(d)
+        d["dropout"] = DropoutConfig.from_dict(d.get("dropout", {}))
+        return cls(**d)
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated: (n_layer, B, H, max_len, D).
+
+    `length` counts the positions already stored; a forward pass appends T more.
+    Beam search reorders rows with `select`; contrastive search widens with `repeat`.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch: int, device, dtype=torch.float32, max_len: int | None = None):
+        head_dim = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len or cfg.block_size, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store (B, H, T, D) new keys/values; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.k = self.k[:, rows]
+        self.v = self.v[:, rows]
+
+    def repeat(self, times: int) -> None:
+        self.k = self.k.repeat_interleave(times, dim=1)
+        self.v = self.v.repeat_interleave(times, dim=1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.attn_p = cfg.dropout.attn  # on the probabilities, inside the fused kernel
+        self.drop_head = cfg.dropout.drop_head
+        self.resid_drop = SiteDropout(cfg.dropout.resid_attn, "resid_attn" in cfg.dropout.locked)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        prefix = 0
+        if cache is not None:
+            prefix = cache.length
+            k, v = cache.append(layer, k, v)  # (B, H, prefix + T, D)
+        p = self.attn_p if self.training else 0.0  # SDPA drops whenever dropout_p > 0, even in eval
+        if prefix == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif T == 1:
+            # one new query sees every cached key: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            # T new queries after a cached prefix: query i sees keys up to prefix + i
+            mask = torch.ones(T, prefix + T, dtype=torch.bool, device=x.device).tril(prefix)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if self.training and self.drop_head > 0:
+            # DropHead: one coin per (sample, head); kept heads scaled by 1/(1-p)
+            keep = y.new_empty(B, self.n_head, 1, 1).bernoulli_(1.0 - self.drop_head)
+            y = y * keep / (1.0 - self.drop_head)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        # GPT-2's "gelu_new" is the tanh approximation; using it keeps exported logits equal
+        self.act = nn.GELU(approximate="tanh")
+        self.hidden_drop = SiteDropout(cfg.dropout.mlp_hidden, "mlp_hidden" in cfg.dropout.locked)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.resid_drop = SiteDropout(cfg.dropout.resid_mlp, "resid_mlp" in cfg.dropout.locked)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resid_drop(self.c_proj(self.hidden_drop(self.act(self.c_fc(x)))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block; `drop_path` removes a whole branch per sample."""
+
+    def __init__(self, cfg: GPTConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.drop_path = drop_path
+
+    def _branch(self, out: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_path == 0.0:
+            return out
+        return out * per_sample_keep(out.shape[0], self.drop_path, out, extra_dims=2)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self._branch(self.attn(self.ln_1(x), cache, layer))
+        x = x + self._branch(self.mlp(self.ln_2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        d = cfg.dropout
+        path_rates = drop_path_rates(d.drop_path, cfg.n_layer, d.drop_path_by_depth)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=SiteDropout(d.embd, "embd" in d.locked),
+                h=nn.ModuleList(Block(cfg, path_rates[i]) for i in range(cfg.n_layer)),
+                head_drop=SiteDropout(d.head, "head" in d.locked),
+                ln_f=nn.LayerNorm(cfg.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.word_drop = d.word
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream
+        # does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Unique parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def set_dropout(self, d: DropoutConfig) -> None:
+        """Apply new rates in place (schedules); the placement (locked sites) is fixed at build time."""
+        t = self.transformer
+        t.drop.p, t.head_drop.p, self.word_drop = d.embd, d.head, d.word
+        path_rates = drop_path_rates(d.drop_path, self.config.n_layer, d.drop_path_by_depth)
+        for block, path_p in zip(t.h, path_rates):
+            block.drop_path = path_p
+            block.attn.attn_p, block.attn.drop_head = d.attn, d.drop_head
+            block.attn.resid_drop.p = d.resid_attn
+            block.mlp.hidden_drop.p, block.mlp.resid_drop.p = d.mlp_hidden, d.resid_mlp
+
+    def forward(
+        self,
+        idx: torch.Tensor,  # (B, T) token ids
+        targets: torch.Tensor | None = None,  # (B, T) next-token ids
+        cache: KVCache | None = None,
+        last_only: bool = False,  # generation needs only the last position's logits
+        return_hidden: bool = False,  # contrastive search compares final hidden states
+    ):
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        tok = self.transformer.wte(idx)  # (B, T, C)
+        if self.training and self.word_drop > 0:
+            tok = tok * word_dropout_mask(idx, self.config.vocab_size, self.word_drop)
+        x = self.transformer.drop(tok + self.transformer.wpe(pos))
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(self.transformer.head_drop(x))
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        if return_hidden:
+            return logits, loss, x
+        return logits, loss

@@ -1,0 +1,130 @@
+"""Sweeps (Hydra multiruns): skipping finished configurations, one GPU per job, and
+the sweep-level summary that lists what completed, what failed and why.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from dropsample.runs import RunFolder, find_runs, read_json, write_json_atomic
+
+log = logging.getLogger("dropsample")
+
+
+def find_completed(cfg: DictConfig, digest: str, exclude: Path | None = None) -> Path | None:
+    """A completed run of the same configuration anywhere under runs_root/experiment."""
+    root = Path(cfg.runs_root) / cfg.experiment
+    if not root.is_dir():
+        return None
+    for summary_path in root.rglob("summary.json"):
+        run_dir = summary_path.parent
+        if exclude is not None and run_dir.resolve() == Path(exclude).resolve():
+            continue
+        try:
+            summary = read_json(summary_path)
+        except (OSError, ValueError):
+            continue
+        if summary.get("config_hash") == digest and summary.get("status") == "completed":
+            return run_dir
+    return None
+
+
+@contextmanager
+def device_slot(cfg: DictConfig):
+    """Yield the device for this job. With several GPUs and train.device=auto, hold an
+    exclusive slot on one GPU (file locks under runs_root/.gpu-slots) so concurrent sweep
+    jobs never share a GPU beyond `train.jobs_per_gpu`."""
+    import torch
+
+    n_gpus = torch.cuda.device_count() if cfg.train.device == "auto" else 0
+    if n_gpus <= 1:
+        yield None
+        return
+    with gpu_slot(Path(cfg.runs_root) / ".gpu-slots", n_gpus, cfg.train.jobs_per_gpu) as gpu:
+        torch.cuda.set_device(gpu)
+        yield f"cuda:{gpu}"
+
+
+@contextmanager
+def gpu_slot(lock_dir: Path, n_gpus: int, per_gpu: int, poll_seconds: float = 2.0):
+    """Block until one of n_gpus * per_gpu slots is free; yield its GPU index."""
+    import time
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        # fill GPUs breadth-first: slot 0 of every GPU before slot 1 of any
+        for slot in range(per_gpu):
+            for gpu in range(n_gpus):
+                handle = open(lock_dir / f"gpu{gpu}-slot{slot}.lock", "w")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                try:
+                    handle.write(str(os.getpid()))
+                    handle.flush()
+                    yield gpu
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    handle.close()
+                return
+        time.sleep(poll_seconds)
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for run_dir in find_runs([sweep_dir]):
+        summary = RunFolder(run_dir).summary()
+        overrides_path = run_dir / ".hydra" / "overrides.yaml"
+        overrides = overrides_path.read_text().strip().splitlines() if overrides_path.is_file() else []
+        rows.append({
+            "run": str(run_dir),
+            "overrides": " ".join(line.lstrip("- ").strip() for line in overrides),
+            "status": summary.get("status", "not started"),
+            "error": summary.get("error"),
+            "best_val_ppl": summary.get("best_val_ppl"),
+            "same_as": summary.get("same_as"),
+        })
+    return rows
+
+
+def status_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    counts = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    caption = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    table = Table(title=title, caption=caption)
+    for column in ("job", "overrides", "status", "best val ppl", "note"):
+        table.add_column(column)
+    for row in rows:
+        ppl = f"{row['best_val_ppl']:.3f}" if row.get("best_val_ppl") else ""
+        note = row.get("error") or (f"same as {row['same_as']}" if row.get("same_as") else "")
+        table.add_row(Path(row["run"]).name, row["overrides"], row["status"], ppl, note or "")
+    return table
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, write sweep_summary.json and print the table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = sweep_rows(sweep_dir)
+        write_json_atomic(sweep_dir / "sweep_summary.json", {"jobs": rows})
+        from rich.console import Console
+
+        Console(stderr=True).print(status_table(rows, f"sweep {sweep_dir}"))
+        failed = [r for r in rows if r["status"] not in ("completed", "skipped")]
+        if failed:
+            log.warning("%d of %d jobs did not complete; see %s", len(failed), len(rows), sweep_dir / "sweep_summary.json")
