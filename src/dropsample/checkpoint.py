@@ -147,4 +147,4 @@ def optimizer_state(ckpt: Checkpoint, tensors: dict[str, torch.Tensor]) -> dict:
         if key.startswith("optimizer."):
             _, index, slot = key.split(".", 2)
             state.setdefault(int(index), {})[slot] = value
-    return {"state": state, "param_groups": ckpt.state["optimizer_param_groups"]}
+    return {"state": dict(sorted(state.items())), "param_groups": ckpt.state["optimizer_param_groups"]}

@@ -68,7 +68,8 @@ def preflight(overrides: list[str], multirun: bool) -> int:
                 # sweeps written in experiment files (hydra.sweeper.params) come before the command line
                 first = [o.input_line for o in parsed if not o.is_sweep_override()]
                 hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
-                params = OmegaConf.to_container(hydra_cfg.sweeper.get("params") or {})
+                params = hydra_cfg.sweeper.get("params")
+                params = OmegaConf.to_container(params) if params else {}
                 parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()]) + parsed
                 jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
             else:
@@ -147,7 +148,7 @@ def sample(
     Overrides: samplers=[greedy,top_k_40,{base: top_p_0.9, temperature: 0.7}] gen.num_samples=200
     gen.max_new_tokens=256 gen.checkpoint=last gen.mc_dropout=true ...
     """
-    from dropsample.generation import sample_command
+    from dropsample.sample import sample_command
 
     try:
         sample_command(run_dir, list(ctx.args), name=name, prompt=prompt)

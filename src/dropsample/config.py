@@ -17,7 +17,7 @@ from dropsample.errors import ConfigError
 from dropsample.tokenizer import KINDS
 
 GROUPS = ("model", "data", "dropout", "train", "gen")
-TOP_LEVEL = {"experiment", "name", "seed", "runs_root", "samplers", "sample_after_train", "hydra"} | set(GROUPS)
+TOP_LEVEL = {"experiment_name", "name", "seed", "runs_root", "samplers", "sample_after_train", "hydra"} | set(GROUPS)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

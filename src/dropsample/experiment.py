@@ -45,7 +45,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, multirun: bool, resume: bool = Fa
         with sweep.device_slot(cfg) as device:
             summary = training.train(cfg, run_dir, resume=resume, device=device)
             if summary["status"] == "completed" and cfg.sample_after_train:
-                from dropsample.generation import sample_run
+                from dropsample.sample import sample_run
 
                 sample_run(run_dir, samplers=cfg.samplers, gen=cfg.gen, device=device)
                 summary = run.summary()

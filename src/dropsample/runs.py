@@ -1,6 +1,6 @@
 """The run folder: the one record every later command (sample, eval, report) reads.
 
-    runs/<experiment>/<date>_<time>_<name>/
+    runs/<experiment_name>/<date>_<time>_<name>/
         .hydra/              config.yaml (resolved), overrides.yaml, hydra.yaml
         metrics.jsonl        one line per evaluation
         summary.json         status and headline figures (rewritten atomically)
@@ -27,7 +27,7 @@ from dropsample.errors import UserError
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "skipped")
 # keys that name or place a run but do not change its results
-NON_RESULT_KEYS = ("name", "runs_root", "experiment", "hydra")
+NON_RESULT_KEYS = ("name", "runs_root", "experiment_name", "hydra")
 NON_RESULT_TRAIN_KEYS = ("jobs_per_gpu", "log_interval", "device")
 
 

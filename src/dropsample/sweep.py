@@ -19,8 +19,8 @@ log = logging.getLogger("dropsample")
 
 
 def find_completed(cfg: DictConfig, digest: str, exclude: Path | None = None) -> Path | None:
-    """A completed run of the same configuration anywhere under runs_root/experiment."""
-    root = Path(cfg.runs_root) / cfg.experiment
+    """A completed run of the same configuration anywhere under runs_root/experiment_name."""
+    root = Path(cfg.runs_root) / cfg.experiment_name
     if not root.is_dir():
         return None
     for summary_path in root.rglob("summary.json"):

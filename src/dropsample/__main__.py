@@ -1,0 +1,3 @@
+from dropsample.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""Export a checkpoint as a folder transformers loads as GPT2LMHeadModel.
+
+GPT-2 stores its projections as Conv1D (in, out) where dropsample uses nn.Linear
+(out, in): those four weights per block are transposed; every name is unchanged.
+transformers has one residual dropout rate (resid_pdrop); we write resid_attn there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from dropsample import checkpoint
+from dropsample import tokenizer as toks
+from dropsample.errors import UserError
+from dropsample.runs import RunFolder
+
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_config(cfg, eos_id: int | None) -> dict:
+    d = cfg.dropout
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "embd_pdrop": d.embd,
+        "attn_pdrop": d.attn,
+        "resid_pdrop": d.resid_attn,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+    }
+
+
+def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> Path:
+    run = RunFolder(run_dir)
+    run.config()  # a clear error when run_dir is not a run
+    found = checkpoint.resolve(run.checkpoint(which))
+    if found is None:
+        raise UserError(f"{run_dir} has no checkpoints/{which}; use --checkpoint last or train first")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty; choose a new folder")
+    ckpt = checkpoint.load(found)
+    model = ckpt.load_model("cpu")
+    weights = {}
+    for key, value in model.state_dict().items():
+        if key == checkpoint.TIED:
+            continue
+        weights[key] = (value.t() if key.endswith(CONV1D_SUFFIXES) else value).contiguous()
+    tok = toks.load(found / "tokenizer.json")
+    eos_id = toks.end_of_text_id(tok)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(hf_config(ckpt.model_config, eos_id), indent=2))
+    shutil.copyfile(found / "tokenizer.json", out_dir / "tokenizer.json")
+    special = {"eos_token": toks.END_OF_TEXT} if eos_id is not None else {"unk_token": toks.UNK}
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": ckpt.model_config.block_size,
+                        "clean_up_tokenization_spaces": False, **special}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    print(f"exported {found} to {out_dir} (load with GPT2LMHeadModel.from_pretrained)")
+    return out_dir

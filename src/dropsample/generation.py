@@ -1,0 +1,277 @@
+"""The generation engine: batched decoding with a KV cache.
+
+All four strategies share one context rule, so cached and uncached decoding see
+exactly the same tokens at the same positions:
+
+    the model sees seq[start:], where start moves to len(seq) - block_size // 2
+    whenever the context would exceed block_size (the cache is then re-primed).
+
+Sampling is reproducible per sample: sample i draws its token at step t by inverse-CDF
+with u[i, t], a uniform from its own generator seeded with seeds[i], so a sample does
+not depend on which other samples share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dropsample.model import GPT, KVCache
+from dropsample.sampling import Sampler, apply_processors
+
+
+@dataclass
+class Request:
+    prompts: torch.Tensor  # (B, P) token ids, one prompt length per request
+    max_new_tokens: int
+    seeds: list[int]
+    eos_id: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    decode: object = None  # ids -> text, needed for stop strings
+
+
+class Context:
+    """Which tokens the model sees, with or without a KV cache (see module doc).
+
+    `prime` and `advance` return (logits of the last position (B, V), final hidden
+    states of the positions just computed (B, T, C), whether the window restarted).
+    """
+
+    def __init__(self, model: GPT, batch: int, use_cache: bool):
+        self.model, self.use_cache = model, use_cache
+        self.block = model.config.block_size
+        self.keep = max(self.block // 2, 1)
+        self.start = 0
+        device = next(model.parameters()).device
+        self.cache = KVCache(model.config, batch, device) if use_cache else None
+
+    def prime(self, seq: torch.Tensor):
+        self.start = max(0, seq.shape[1] - self.block)
+        return self._window(seq)
+
+    def advance(self, seq: torch.Tensor):
+        """seq ends with one new token: logits for the position after it."""
+        if seq.shape[1] - self.start > self.block:
+            self.start = seq.shape[1] - self.keep
+            return self._window(seq)
+        if self.cache is None:
+            logits, hidden, _ = self._window(seq)
+            return logits, hidden[:, -1:], False
+        logits, _, hidden = self.model(seq[:, -1:], cache=self.cache, return_hidden=True)
+        return logits[:, -1], hidden, False
+
+    def _window(self, seq: torch.Tensor):
+        if self.cache is not None:
+            self.cache.length = 0
+        logits, _, hidden = self.model(seq[:, self.start :], cache=self.cache, return_hidden=True)
+        return logits[:, -1], hidden, True
+
+
+def context_starts(prompt_len: int, total_len: int, block: int) -> list[int]:
+    """For each target index i in [prompt_len, total_len): the first index of its context."""
+    keep, start, starts = max(block // 2, 1), max(0, prompt_len - block), []
+    for i in range(prompt_len, total_len):
+        if i - start > block:
+            start = i - keep
+        starts.append(start)
+    return starts
+
+
+def _uniforms(seeds: list[int], steps: int) -> torch.Tensor:
+    rows = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
+    return torch.stack(rows)  # (B, steps)
+
+
+def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from softmax(logits) with uniforms u (B,); -inf logits are never drawn."""
+    probs = torch.softmax(logits.double(), dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_(max=logits.shape[-1] - 1)
+
+
+class Finish:
+    """Tracks which rows hit end-of-text or a stop string; lengths exclude end-of-text."""
+
+    def __init__(self, req: Request, batch: int, prompt_len: int, device):
+        self.req, self.prompt_len = req, prompt_len
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.length = torch.full((batch,), req.max_new_tokens, dtype=torch.long, device=device)
+
+    def update(self, seq: torch.Tensor, token: torch.Tensor) -> None:
+        n = seq.shape[1] - self.prompt_len  # tokens generated so far, `token` included
+        if self.req.eos_id is not None:
+            hit = (token == self.req.eos_id) & ~self.done
+            self.length[hit] = n - 1
+            self.done |= hit
+        if self.req.stop_strings:
+            for row in (~self.done).nonzero().flatten().tolist():
+                text = self.req.decode(seq[row, self.prompt_len :].tolist())
+                if any(s in text for s in self.req.stop_strings):
+                    self.done[row] = True
+                    self.length[row] = n
+
+    def completions(self, seq: torch.Tensor) -> list[list[int]]:
+        out = seq[:, self.prompt_len :].tolist()
+        return [row[: int(n)] for row, n in zip(out, self.length)]
+
+
+@torch.no_grad()
+def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
+    """Completions (token ids, prompt excluded) for each prompt row."""
+    strategy = sampler.strategy
+    if strategy == "beam":
+        return beam_search(model, sampler, req, use_cache)
+    if strategy == "contrastive":
+        return contrastive_search(model, sampler, req, use_cache)
+    chain = sampler.processors()
+    seq = req.prompts
+    B, P = seq.shape
+    ctx = Context(model, B, use_cache)
+    finish = Finish(req, B, P, seq.device)
+    u = _uniforms(req.seeds, req.max_new_tokens).to(seq.device) if strategy == "sample" else None
+    logits, _, _ = ctx.prime(seq)
+    for step in range(req.max_new_tokens):
+        scores = apply_processors(chain, seq, logits.float())
+        token = scores.argmax(dim=-1) if strategy == "greedy" else sample_from(scores, u[:, step])
+        seq = torch.cat([seq, token[:, None]], dim=1)
+        finish.update(seq, token)
+        if finish.done.all() or step == req.max_new_tokens - 1:
+            break
+        logits, _, _ = ctx.advance(seq)
+    return finish.completions(seq)
+
+
+@torch.no_grad()
+def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
+    """Beam search with length penalty: a hypothesis scores sum(log p) / len ** length_penalty.
+
+    Like transformers' default (early_stopping=False): a prompt is done when it has
+    num_beams finished hypotheses and no live beam can still beat the worst of them.
+    """
+    K = int(sampler.settings.get("num_beams", 4))
+    alpha = float(sampler.settings.get("length_penalty", 1.0))
+    chain = sampler.processors()
+    B, P = req.prompts.shape
+    seq = req.prompts.repeat_interleave(K, dim=0)  # (B*K, P)
+    ctx = Context(model, B * K, use_cache)
+    logits, _, _ = ctx.prime(seq)
+    beam_scores = torch.full((B, K), float("-inf"), device=seq.device)
+    beam_scores[:, 0] = 0.0  # identical beams at the start: keep only one alive
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    for step in range(req.max_new_tokens):
+        n = step + 1
+        logp = F.log_softmax(apply_processors(chain, seq, logits.float()), dim=-1)  # (B*K, V)
+        V = logp.shape[-1]
+        total = (beam_scores.view(-1, 1) + logp).view(B, K * V)
+        top_scores, top_ids = total.topk(min(2 * K, K * V), dim=-1)
+        rows, tokens, scores = [], [], []
+        for b in range(B):
+            kept = []
+            for score, flat in zip(top_scores[b].tolist(), top_ids[b].tolist()):
+                beam, token = divmod(flat, V)
+                if req.eos_id is not None and token == req.eos_id:
+                    if not done[b] and len(kept) < K and score > float("-inf"):
+                        hyp = seq[b * K + beam, P:].tolist()
+                        finished[b].append((score / max(len(hyp), 1) ** alpha, hyp))
+                    continue
+                kept.append((score, b * K + beam, token))
+                if len(kept) == K:
+                    break
+            while len(kept) < K:  # fewer than K live candidates: pad with dead beams
+                kept.append((float("-inf"), kept[0][1] if kept else b * K, kept[0][2] if kept else 0))
+            for score, row, token in kept:
+                rows.append(row)
+                tokens.append(token)
+                scores.append(score)
+            finished[b] = sorted(finished[b], key=lambda x: -x[0])[:K]
+            best_alive = max(s for s, _, _ in kept)
+            if len(finished[b]) >= K and finished[b][-1][0] >= best_alive / n**alpha:
+                done[b] = True
+        rows_t = torch.tensor(rows, device=seq.device)
+        seq = torch.cat([seq[rows_t], torch.tensor(tokens, device=seq.device)[:, None]], dim=1)
+        beam_scores = torch.tensor(scores, device=seq.device).view(B, K)
+        if ctx.cache is not None:
+            ctx.cache.select(rows_t)
+        if all(done) or step == req.max_new_tokens - 1:
+            break
+        logits, _, _ = ctx.advance(seq)
+    results = []
+    for b in range(B):
+        pool = list(finished[b])
+        if not done[b]:
+            for k in range(K):
+                hyp = seq[b * K + k, P:].tolist()
+                if beam_scores[b, k] > float("-inf"):
+                    pool.append((beam_scores[b, k].item() / max(len(hyp), 1) ** alpha, hyp))
+        results.append(max(pool, key=lambda x: x[0])[1] if pool else [])
+    return results
+
+
+@torch.no_grad()
+def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
+    """Su et al. 2022: among the top-k tokens pick argmax (1 - alpha) p(v) - alpha max_j cos(h_v, h_j),
+    where h are final hidden states and j runs over the context (prompt included)."""
+    k = int(sampler.settings.get("top_k", 4))
+    alpha = float(sampler.settings.get("penalty_alpha", 0.6))
+    chain = sampler.processors()
+    seq = req.prompts
+    B, P = seq.shape
+    ctx = Context(model, B, use_cache)
+    finish = Finish(req, B, P, seq.device)
+    logits, past, _ = ctx.prime(seq)  # past: final hidden states of the context (B, L, C)
+    for step in range(req.max_new_tokens):
+        probs = torch.softmax(apply_processors(chain, seq, logits.float()), dim=-1)
+        top_p, top_ids = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
+        kk = top_ids.shape[1]
+        # one forward of every candidate: widen the batch to B * k
+        wide = seq.repeat_interleave(kk, dim=0)
+        wide = torch.cat([wide, top_ids.reshape(-1, 1)], dim=1)
+        if ctx.cache is not None:
+            ctx.cache.repeat(kk)
+        cand_logits, cand_h, restarted = ctx.advance(wide)
+        h = cand_h[:, -1]  # (B*k, C)
+        # after a window restart the context is the new window's own hidden states
+        context_h = cand_h[:, :-1] if restarted else past.repeat_interleave(kk, dim=0)
+        sim = F.cosine_similarity(h[:, None, :], context_h, dim=-1).amax(dim=-1).view(B, kk)
+        score = (1 - alpha) * top_p - alpha * sim
+        choice = score.argmax(dim=-1)  # (B,)
+        rows = torch.arange(B, device=seq.device) * kk + choice
+        token = top_ids.gather(1, choice[:, None]).squeeze(1)
+        seq = torch.cat([seq, token[:, None]], dim=1)
+        past = torch.cat([context_h[rows], h[rows][:, None]], dim=1)
+        logits = cand_logits[rows]
+        if ctx.cache is not None:
+            ctx.cache.select(rows)
+        finish.update(seq, token)
+        if finish.done.all():
+            break
+    return finish.completions(seq)
+
+
+@torch.no_grad()
+def score(model: GPT, prompt: list[int], completion: list[int]) -> tuple[float, float, int]:
+    """(sum of -log p(token), sum of the model's entropy, n tokens) of a completion, teacher-forced
+    in the model's current mode, each token seeing exactly the context generation gave it."""
+    if not completion:
+        return 0.0, 0.0, 0
+    device = next(model.parameters()).device
+    seq = torch.tensor(prompt + completion, device=device)
+    starts = context_starts(len(prompt), len(seq), model.config.block_size)
+    nll = ent = 0.0
+    i = len(prompt)
+    while i < len(seq):
+        start = starts[i - len(prompt)]
+        last = i  # the run of targets sharing this context start: i .. last
+        while last + 1 < len(seq) and starts[last + 1 - len(prompt)] == start:
+            last += 1
+        logits, _ = model(seq[start:last][None])  # row r predicts index start + 1 + r
+        logp = F.log_softmax(logits[0, i - start - 1 :].float(), dim=-1)  # targets i..last
+        targets = seq[i : last + 1]
+        nll -= logp.gather(1, targets[:, None]).sum().item()
+        ent -= (logp.exp() * logp).nan_to_num(0.0).sum().item()
+        i = last + 1
+    return nll, ent, len(completion)

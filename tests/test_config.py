@@ -1,0 +1,54 @@
+"""Bad values fail before any work, as one line naming the key, exit code 2, no folder."""
+
+import pytest
+
+from conftest import TINY, cli
+from dropsample.cli import preflight
+from dropsample.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("dropout.rate=1.0", "dropout.rate: got 1.0; a dropout rate must be in [0, 1)"),
+        ("dropout.attn=-0.1", "dropout.attn: got -0.1"),
+        ("dropout.sites=[embd,ffn]", "dropout.sites: unknown site 'ffn'"),
+        ("dropout.schedule.kind=cosine", "dropout.schedule.kind: got 'cosine'"),
+        ("model.n_embd=31", "model.n_embd: 31 is not divisible by model.n_head=2"),
+        ("train.batch_size=0", "train.batch_size: got 0; must be a positive integer"),
+        ("train.max_iters=-5", "train.max_iters"),
+        ("train.device=tpu", "train.device: got 'tpu'"),
+        ("nonsense=1", "nonsense: unknown key"),
+        ("+train.lr_warmup=3", "train.lr_warmup: unknown key"),
+        ("model=huge", "model=huge: no such option; choose one of baby, gpt2, shakespeare, tiny"),
+        ("samplers=[{top_p:1.5}]", "samplers[0].top_p: must be in (0, 1]"),
+        ("samplers=[greedy,{base:beam_4,num_beams:0}]", "samplers[1].num_beams"),
+        ("gen.checkpoint=first", "gen.checkpoint: got 'first'"),
+        ("dropout.rate=0,0.5", "is a sweep; add -m"),
+    ],
+)
+def test_preflight_errors(override, message):
+    with pytest.raises(UserError) as err:
+        preflight(["model=tiny", override], multirun=False)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_preflight_checks_every_job_of_a_sweep():
+    assert preflight(["model=tiny", "dropout.rate=0,0.1", "seed=1,2,3"], multirun=True) == 6
+    with pytest.raises(UserError, match="dropout.rate: got 1.5"):
+        preflight(["model=tiny", "dropout.rate=0,1.5"], multirun=True)
+    assert preflight(["+experiment=rate_sweep", "model=tiny"], multirun=True) >= 4
+
+
+def test_cli_bad_input_one_line_exit_2_no_folder(tmp_path):
+    result = cli("train", *TINY, "dropout.rate=2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: dropout.rate: got 2; a dropout rate must be in [0, 1)"
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()
+    # an error that needs the data (context longer than the corpus) also leaves nothing behind
+    result = cli("train", *TINY, "model.block_size=200000", cwd=tmp_path)
+    assert result.returncode == 2 and "model.block_size: 200000 is longer than the val split" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("runs/*/*")), "no run folder may be left behind"

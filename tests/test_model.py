@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from dropsample.model import GPT, GPTConfig, KVCache
+
+
+def tiny(**kw):
+    return GPTConfig(vocab_size=kw.pop("vocab_size", 37), block_size=16, n_layer=2, n_head=2, n_embd=16, **kw)
+
+
+def test_shapes_and_loss():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    x = torch.randint(0, 37, (3, 16))
+    logits, loss = model(x, x)
+    assert logits.shape == (3, 16, 37)
+    assert loss.shape == ()
+    # an untrained model is close to uniform: loss near log(V)
+    assert abs(loss.item() - torch.log(torch.tensor(37.0)).item()) < 0.2
+    last, _ = model(x, last_only=True)
+    assert last.shape == (3, 1, 37)
+    torch.testing.assert_close(last[:, 0], logits[:, -1])
+
+
+def test_embeddings_are_tied_and_counted_once():
+    model = GPT(tiny())
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    C, V, T, L = 16, 37, 16, 2
+    per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    assert model.num_params() == V * C + T * C + L * per_block + 2 * C
+
+
+def test_too_long_context_is_refused():
+    model = GPT(tiny())
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_kv_cache_gives_the_same_logits_as_full_recompute():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    x = torch.randint(0, 37, (2, 12))
+    full, _ = model(x)
+    cache = KVCache(model.config, 2, "cpu")
+    first, _ = model(x[:, :5], cache=cache)
+    rest = [model(x[:, t : t + 1], cache=cache)[0] for t in range(5, 12)]
+    stepwise = torch.cat([first] + rest, dim=1)
+    torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
+    # several new tokens after a cached prefix use the offset causal mask
+    cache = KVCache(model.config, 2, "cpu")
+    model(x[:, :5], cache=cache)
+    chunk, _ = model(x[:, 5:], cache=cache)
+    torch.testing.assert_close(chunk, full[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+def test_matches_transformers_gpt2(tmp_path):
+    """Same weights in GPT2LMHeadModel give the same logits (names map one to one)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    from dropsample.export import CONV1D_SUFFIXES, hf_config
+
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
+               for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(model.config, None)))
+    peer = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert peer.num_parameters() == model.num_params()
+    x = torch.randint(0, 37, (2, 16))
+    torch.testing.assert_close(model(x)[0], peer(x).logits, atol=1e-5, rtol=1e-5)
