@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# a folder laid out like shared/data: tinyshakespeare/input.txt, wikitext-2/{valid,test}.txt
 DATA_DIR = Path(os.environ.get("DROPSAMPLE_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
 
 # tiny, fast settings shared by the end-to-end tests
@@ -27,10 +28,36 @@ TINY = [
 ]
 
 
+def _download_tiny_shakespeare() -> Path:
+    """Online without a local copy: fetch the corpus once through dropsample's own loader."""
+    global DATA_DIR
+    from dropsample import data
+
+    target = Path(os.environ.get("DROPSAMPLE_CACHE_DIR", Path.home() / ".cache" / "dropsample")) / "testdata"
+    corpus = target / "tinyshakespeare" / "input.txt"
+    if not corpus.is_file():
+        url = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+        text = data._read_with_datasets(url)
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        corpus.write_text(text)
+    DATA_DIR = target
+    return target
+
+
+def needs_wikitext():
+    return pytest.mark.skipif(not (DATA_DIR / "wikitext-2" / "test.txt").is_file(),
+                              reason=f"no wikitext-2 files in {DATA_DIR}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline_env(tmp_path_factory):
+    global DATA_DIR
     if not (DATA_DIR / "tinyshakespeare" / "input.txt").is_file():
-        pytest.exit(f"test data not found in {DATA_DIR}; set DROPSAMPLE_DATA_DIR to a copy of shared/data", 2)
+        try:
+            DATA_DIR = _download_tiny_shakespeare()
+        except Exception as exc:  # offline, no local copy
+            pytest.exit(f"Tiny Shakespeare not found in {DATA_DIR} and not downloadable ({exc}); "
+                        "set DROPSAMPLE_DATA_DIR to a folder with tinyshakespeare/input.txt", 2)
     os.environ["DROPSAMPLE_DATA_DIR"] = str(DATA_DIR)
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"

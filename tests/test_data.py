@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from conftest import DATA_DIR
+import conftest
+from conftest import needs_wikitext
 from dropsample import data, tokenizer
 from dropsample.errors import DataError
 
@@ -20,7 +21,7 @@ def test_char_tokenizer_round_trip_and_unknown_characters():
 
 
 def test_bpe_tokenizer_round_trip():
-    text = (DATA_DIR / "tinyshakespeare" / "input.txt").read_text()[:20000]
+    text = (conftest.DATA_DIR / "tinyshakespeare" / "input.txt").read_text()[:20000]
     tok = tokenizer.train_tokenizer("bpe", text, vocab_size=300)
     assert tok.get_vocab_size() == 300
     sample = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n  Zebra ünïcode ✓\n"
@@ -34,7 +35,7 @@ def test_bpe_tokenizer_round_trip():
 def test_split_is_first_90_last_10():
     cfg = {"name": "tiny_shakespeare", "path": None, "url": "unused", "val_fraction": 0.1, "test_fraction": 0.0}
     corpus = data.load_corpus(cfg)
-    full = (DATA_DIR / "tinyshakespeare" / "input.txt").read_text()
+    full = (conftest.DATA_DIR / "tinyshakespeare" / "input.txt").read_text()
     n_val = int(len(full) * 0.1)
     assert corpus.texts["train"] == full[: len(full) - n_val]
     assert corpus.texts["val"] == full[len(full) - n_val :]
@@ -69,10 +70,12 @@ def test_offline_without_local_copy_says_how_to_fix(monkeypatch):
         data.load_corpus({"name": "wikitext2", "path": None, "splits": {"train": "train", "val": "validation"}})
 
 
+@needs_wikitext()
 def test_wikitext_local_splits_are_labelled():
     cfg = {"name": "wikitext2", "path": None, "splits": {"train": "validation", "val": "test", "test": None}}
     corpus = data.load_corpus(cfg)
     assert corpus.sources == {"train": "wikitext-2/valid.txt (validation)", "val": "wikitext-2/test.txt (test)"}
-    assert corpus.texts["train"].startswith(" \n = Homarus gammarus = \n") or "Homarus" in corpus.texts["train"][:200]
+    assert corpus.texts["train"] == (conftest.DATA_DIR / "wikitext-2" / "valid.txt").read_text()
+    assert corpus.texts["train"].startswith(" \n = Homarus gammarus = \n")
     with pytest.raises(DataError, match="no train file"):
         data.load_corpus({**cfg, "splits": {"train": "train", "val": "validation"}})

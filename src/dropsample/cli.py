@@ -107,7 +107,8 @@ def train(
     """Train a GPT (then sample from it). Arguments are Hydra overrides.
 
     Config groups (conf/): model=tiny|baby|shakespeare|gpt2, data=tiny_shakespeare|wikitext2|text,
-    dropout=standard|none|everywhere, +experiment=NAME, hydra/launcher=joblib|submitit_local|submitit_slurm.
+    dropout=standard|none|everywhere, +experiment=rate_sweep|site_sweep|decoding_sweep|early_dropout,
+    hydra/launcher=basic|parallel|slurm|joblib|submitit_local|submitit_slurm.
 
     Examples:
       dropsample train model=shakespeare dropout.rate=0.2 train.max_iters=3000
@@ -134,6 +135,13 @@ def train(
 
     sys.argv = ["dropsample"] + (["--multirun"] if multirun else []) + overrides
     hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_task)()
+    if multirun:
+        from dropsample.sweep import LAST_SWEEP
+
+        if LAST_SWEEP.get("failed"):
+            typer.echo(f"error: {LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} jobs failed; "
+                       f"see {LAST_SWEEP['dir']}/sweep_summary.json", err=True)
+            raise typer.Exit(1)
 
 
 @app.command(context_settings=HYDRA_ARGS)

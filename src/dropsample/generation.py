@@ -79,16 +79,19 @@ def context_starts(prompt_len: int, total_len: int, block: int) -> list[int]:
     return starts
 
 
-def _uniforms(seeds: list[int], steps: int) -> torch.Tensor:
+def _uniforms(seeds: list[int], steps: int, device) -> torch.Tensor:
+    """(B, steps) uniforms, row i from its own CPU generator seeded with seeds[i]."""
     rows = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
-    return torch.stack(rows)  # (B, steps)
+    u = torch.stack(rows)
+    return u.to(device, torch.float32) if torch.device(device).type == "mps" else u.to(device)
 
 
 def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw from softmax(logits) with uniforms u (B,); -inf logits are never drawn."""
-    probs = torch.softmax(logits.double(), dim=-1)
+    # float64 keeps the CDF exact enough for long-tailed vocabularies; MPS has no float64
+    probs = torch.softmax(logits.to(torch.float32 if logits.device.type == "mps" else torch.float64), dim=-1)
     cdf = probs.cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    idx = torch.searchsorted(cdf, (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
@@ -131,7 +134,7 @@ def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True)
     B, P = seq.shape
     ctx = Context(model, B, use_cache)
     finish = Finish(req, B, P, seq.device)
-    u = _uniforms(req.seeds, req.max_new_tokens).to(seq.device) if strategy == "sample" else None
+    u = _uniforms(req.seeds, req.max_new_tokens, seq.device) if strategy == "sample" else None
     logits, _, _ = ctx.prime(seq)
     for step in range(req.max_new_tokens):
         scores = apply_processors(chain, seq, logits.float())

@@ -96,7 +96,14 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def varying_overrides(rows: list[dict]) -> list[str]:
+    """Each job's overrides minus those every job shares: what the sweep varies."""
+    common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
+    return [" ".join(o for o in r["overrides"].split() if o not in common) for r in rows]
+
+
 def status_table(rows: list[dict], title: str):
+    from rich.markup import escape
     from rich.table import Table
 
     counts = {}
@@ -104,13 +111,17 @@ def status_table(rows: list[dict], title: str):
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     caption = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     table = Table(title=title, caption=caption)
-    for column in ("job", "overrides", "status", "best val ppl", "note"):
+    for column in ("job", "swept values", "status", "best val ppl", "note"):
         table.add_column(column)
-    for row in rows:
+    for row, varying in zip(rows, varying_overrides(rows)):
         ppl = f"{row['best_val_ppl']:.3f}" if row.get("best_val_ppl") else ""
         note = row.get("error") or (f"same as {row['same_as']}" if row.get("same_as") else "")
-        table.add_row(Path(row["run"]).name, row["overrides"], row["status"], ppl, note or "")
+        table.add_row(Path(row["run"]).name, escape(varying), row["status"], ppl, escape(note or ""))
     return table
+
+
+# set by SweepSummary in the launching process, read by the CLI for its exit code
+LAST_SWEEP: dict = {}
 
 
 class SweepSummary(Callback):
@@ -126,5 +137,6 @@ class SweepSummary(Callback):
 
         Console(stderr=True).print(status_table(rows, f"sweep {sweep_dir}"))
         failed = [r for r in rows if r["status"] not in ("completed", "skipped")]
+        LAST_SWEEP.update(dir=str(sweep_dir), jobs=len(rows), failed=len(failed))
         if failed:
             log.warning("%d of %d jobs did not complete; see %s", len(failed), len(rows), sweep_dir / "sweep_summary.json")

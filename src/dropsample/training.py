@@ -83,8 +83,9 @@ def make_optimizer(model: GPT, t, device: torch.device) -> torch.optim.AdamW:
 class Batches:
     """Random windows of block_size + 1 tokens; the generator's state is the data position."""
 
-    def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, device: torch.device, seed: int):
-        self.data = torch.from_numpy(ids.astype(np.int64))
+    def __init__(self, ids: np.ndarray | torch.Tensor, block_size: int, batch_size: int, device: torch.device,
+                 seed: int):
+        self.data = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(ids.astype(np.int64))
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
         # (N - block_size, block_size + 1) strided view: a batch is one gather, no copies per row
@@ -100,7 +101,7 @@ class Batches:
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, splits: dict[str, np.ndarray], cfg, device, autocast) -> dict[str, float]:
+def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg, device, autocast) -> dict[str, float]:
     """Mean loss over eval_iters fixed batches per split, in eval mode."""
     was_training = model.training
     model.eval()
@@ -181,7 +182,8 @@ def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str |
     dev = pick_device(device or cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, dev)
     autocast = torch.autocast(dev.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+    # loss scaling only where fp16 needs it; bf16 has fp32's range
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and dev.type == "cuda")
 
     data.tokenizer.save(str(run.tokenizer_path))
     base_rates = resolve_rates(OmegaConf.to_container(cfg.dropout, resolve=True))
@@ -197,7 +199,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str |
     optimizer = make_optimizer(model, cfg.train, dev)
     schedule = DropoutSchedule(ScheduleConfig.from_dict(cfg.dropout.schedule), cfg.train.max_iters)
     batches = Batches(data.splits["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed)
-    eval_splits = {r: data.splits[r] for r in ("train", "val")}
+    eval_splits = {r: torch.from_numpy(data.splits[r].astype(np.int64)) for r in ("train", "val")}
     char_level = cfg.data.tokenizer == "char"
 
     start_step, best_val, best_step, tokens_seen, train_seconds = 0, math.inf, None, 0, 0.0
