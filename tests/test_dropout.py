@@ -11,6 +11,7 @@ import torch
 
 from dropsample.dropout import (
     DropoutConfig,
+    inverted_dropout,
     DropoutSchedule,
     ScheduleConfig,
     SiteDropout,
@@ -99,19 +100,46 @@ def test_attention_dropout_only_in_train_mode():
 
 
 def test_attention_dropout_rate_on_probabilities():
-    """SDPA's dropout on the probabilities: measured through the attention output of one head with V = identity."""
-    import torch.nn.functional as F
+    """Read the dropped attention matrix straight off the layer: q = k = 0 (uniform attention),
+    v = identity and one-hot inputs make output[t, s] = dropout(1 / (t + 1)) for s <= t."""
+    from dropsample.model import CausalSelfAttention
 
+    T, C, p = 32, 64, 0.2
+    cfg = GPTConfig(vocab_size=10, block_size=T, n_layer=1, n_head=2, n_embd=C, dropout=DropoutConfig(attn=p))
+    attn = CausalSelfAttention(cfg)
+    with torch.no_grad():
+        attn.c_attn.weight.zero_()
+        attn.c_attn.bias.zero_()
+        attn.c_attn.weight[2 * C :, :] = torch.eye(C)  # v = x
+        attn.c_proj.weight.copy_(torch.eye(C))
+        attn.c_proj.bias.zero_()
+    x = torch.eye(T, C).expand(256, T, C).contiguous()  # position s carries e_s (head 0's dims)
+    attn.eval()
+    clean = attn(x)[:, :, :T]
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
+    torch.testing.assert_close(clean, uniform.expand_as(clean))
+    attn.train()
     torch.manual_seed(0)
-    p, T = 0.2, 64
-    q = torch.zeros(256, 1, T, T)  # uniform attention
-    v = torch.eye(T).expand(256, 1, T, T)
-    out = F.scaled_dot_product_attention(q, q, v, dropout_p=p, is_causal=True)
-    probs = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]
-    allowed = probs > 0
+    out = attn(x)[:, :, :T]
+    allowed = uniform.expand_as(out) > 0
     dropped = (out == 0) & allowed
-    n = allowed.sum().item() * 256
+    n = allowed.sum().item()
     assert within_binomial(dropped.sum().item() / n, p, n)
+    kept = allowed & ~dropped
+    torch.testing.assert_close(out[kept], (uniform.expand_as(out) / (1 - p))[kept])
+
+
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.2, 0.5, 0.9])
+def test_cpu_dropout_kernel_rate_scale_and_gradient(p):
+    torch.manual_seed(0)
+    x = torch.randn(64, 33, 47, requires_grad=True)  # odd sizes: the last 64-bit word is partly used
+    y = inverted_dropout(x, p)
+    dropped = y == 0
+    assert within_binomial(dropped.float().mean().item(), p, x.numel()) if p else not dropped.any()
+    torch.testing.assert_close(y[~dropped], x[~dropped] / (1 - p))
+    y.sum().backward()
+    expected = (~dropped).float() / (1 - p)
+    torch.testing.assert_close(x.grad, expected)
 
 
 def test_word_dropout_drops_token_types_together():

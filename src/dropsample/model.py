@@ -20,6 +20,7 @@ from dropsample.dropout import (
     DropoutConfig,
     SiteDropout,
     drop_path_rates,
+    inverted_dropout,
     per_sample_keep,
     word_dropout_mask,
 )
@@ -105,7 +106,14 @@ class CausalSelfAttention(nn.Module):
             prefix = cache.length
             k, v = cache.append(layer, k, v)  # (B, H, prefix + T, D)
         p = self.attn_p if self.training else 0.0  # SDPA drops whenever dropout_p > 0, even in eval
-        if prefix == 0:
+        if p > 0 and x.device.type == "cpu" and prefix == 0:
+            # CPU SDPA falls back to its math path with a slow per-element RNG when dropping;
+            # the same math with our CPU dropout kernel is faster. (CUDA keeps the fused kernel.)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu_(1)
+            att = inverted_dropout(att.masked_fill(causal, float("-inf")).softmax(dim=-1), p)
+            y = att @ v
+        elif prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         elif T == 1:
             # one new query sees every cached key: no mask needed
