@@ -148,3 +148,39 @@ def test_mc_dropout_generation_differs_and_is_seeded():
     mc_b = generate(m, greedy, Request(prompts, 12, seeds=[0] * 4))
     set_mc_dropout(m, False)
     assert mc_a == mc_b and mc_a != plain
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, -2.0])  # -2 favours short, closed hypotheses
+@pytest.mark.parametrize("row,position", [(0, 0), (0, 2), (1, 4), (3, 1)])
+def test_beam_search_with_end_of_text_matches_transformers(model, tmp_path, row, position, length_penalty):
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    from dropsample.export import CONV1D_SUFFIXES, hf_config
+
+    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
+               for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(model.config, None)))
+    peer = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a softer model than the fixture's, so end-of-text competes
+        peer.transformer.wte.weight.div_(8)
+    soft = GPT(model.config).eval()
+    soft.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        soft.transformer.wte.weight.div_(8)
+    prompts = torch.randint(0, V, (4, 5), generator=torch.Generator().manual_seed(7))
+    sampler = Sampler("b", {"strategy": "beam", "num_beams": 3, "length_penalty": length_penalty})
+    # end-of-text = a token the beams really produce, so hypotheses close early
+    base = generate(soft, sampler, Request(prompts, 9, seeds=[0] * 4))
+    eos = base[row][position]
+    ours = generate(soft, sampler, Request(prompts, 9, seeds=[0] * 4, eos_id=eos))
+    assert ours[row] != base[row]  # base[row] contains the end-of-text token: it cannot be a completion now
+    if length_penalty < 0:
+        assert any(len(o) < 9 for o in ours), "some closed hypothesis must win"
+    out = peer.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=9, do_sample=False,
+                        num_beams=3, length_penalty=length_penalty, early_stopping=False, eos_token_id=eos,
+                        pad_token_id=eos)[:, 5:].tolist()
+    theirs = [row[: row.index(eos)] if eos in row else row for row in out]
+    assert ours == theirs

@@ -59,13 +59,13 @@ class Context:
         if self.cache is None:
             logits, hidden, _ = self._window(seq)
             return logits, hidden[:, -1:], False
-        logits, _, hidden = self.model(seq[:, -1:], cache=self.cache, return_hidden=True)
+        logits, _, hidden = self.model(seq[:, -1:], cache=self.cache, last_only=True, return_hidden=True)
         return logits[:, -1], hidden, False
 
     def _window(self, seq: torch.Tensor):
         if self.cache is not None:
             self.cache.length = 0
-        logits, _, hidden = self.model(seq[:, self.start :], cache=self.cache, return_hidden=True)
+        logits, _, hidden = self.model(seq[:, self.start :], cache=self.cache, last_only=True, return_hidden=True)
         return logits[:, -1], hidden, True
 
 
@@ -121,7 +121,7 @@ class Finish:
         return [row[: int(n)] for row, n in zip(out, self.length)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
     """Completions (token ids, prompt excluded) for each prompt row."""
     strategy = sampler.strategy
@@ -147,74 +147,79 @@ def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True)
     return finish.completions(seq)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
-    """Beam search with length penalty: a hypothesis scores sum(log p) / len ** length_penalty.
+    """Beam search with length penalty, vectorized over prompts and beams.
 
-    Like transformers' default (early_stopping=False): a prompt is done when it has
-    num_beams finished hypotheses and no live beam can still beat the worst of them.
+    A hypothesis scores sum(log p) / n ** length_penalty (n generated tokens, end-of-text
+    excluded). As in transformers (early_stopping=False): each step looks at the 2K best
+    continuations; an end-of-text among the first K closes a hypothesis into the prompt's
+    pool of K finished ones; the first K others are the new beams. A prompt is done when
+    its pool is full and no live beam can still beat the worst finished hypothesis.
     """
     K = int(sampler.settings.get("num_beams", 4))
     alpha = float(sampler.settings.get("length_penalty", 1.0))
     chain = sampler.processors()
     B, P = req.prompts.shape
+    device = req.prompts.device
+    N = req.max_new_tokens
     seq = req.prompts.repeat_interleave(K, dim=0)  # (B*K, P)
     ctx = Context(model, B * K, use_cache)
     logits, _, _ = ctx.prime(seq)
-    beam_scores = torch.full((B, K), float("-inf"), device=seq.device)
-    beam_scores[:, 0] = 0.0  # identical beams at the start: keep only one alive
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    done = [False] * B
-    for step in range(req.max_new_tokens):
+    neg_inf = float("-inf")
+    beam_scores = torch.full((B, K), neg_inf, device=device)
+    beam_scores[:, 0] = 0.0  # the K beams start identical: keep one alive
+    pool_scores = torch.full((B, K), neg_inf, device=device)  # finished, length-normalized
+    pool_seqs = torch.zeros((B, K, N), dtype=torch.long, device=device)
+    pool_lens = torch.zeros((B, K), dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    first_rows = (torch.arange(B, device=device) * K)[:, None]
+    ranks = torch.arange(2 * K, device=device)[None, :]
+    for step in range(N):
         n = step + 1
         logp = F.log_softmax(apply_processors(chain, seq, logits.float()), dim=-1)  # (B*K, V)
         V = logp.shape[-1]
         total = (beam_scores.view(-1, 1) + logp).view(B, K * V)
-        top_scores, top_ids = total.topk(min(2 * K, K * V), dim=-1)
-        rows, tokens, scores = [], [], []
-        for b in range(B):
-            kept = []
-            for score, flat in zip(top_scores[b].tolist(), top_ids[b].tolist()):
-                beam, token = divmod(flat, V)
-                if req.eos_id is not None and token == req.eos_id:
-                    if not done[b] and len(kept) < K and score > float("-inf"):
-                        hyp = seq[b * K + beam, P:].tolist()
-                        finished[b].append((score / max(len(hyp), 1) ** alpha, hyp))
-                    continue
-                kept.append((score, b * K + beam, token))
-                if len(kept) == K:
-                    break
-            while len(kept) < K:  # fewer than K live candidates: pad with dead beams
-                kept.append((float("-inf"), kept[0][1] if kept else b * K, kept[0][2] if kept else 0))
-            for score, row, token in kept:
-                rows.append(row)
-                tokens.append(token)
-                scores.append(score)
-            finished[b] = sorted(finished[b], key=lambda x: -x[0])[:K]
-            best_alive = max(s for s, _, _ in kept)
-            if len(finished[b]) >= K and finished[b][-1][0] >= best_alive / n**alpha:
-                done[b] = True
-        rows_t = torch.tensor(rows, device=seq.device)
-        seq = torch.cat([seq[rows_t], torch.tensor(tokens, device=seq.device)[:, None]], dim=1)
-        beam_scores = torch.tensor(scores, device=seq.device).view(B, K)
+        top_scores, top_ids = total.topk(min(2 * K, K * V), dim=-1)  # (B, 2K), best first
+        beam, token = top_ids // V, top_ids % V
+        is_eos = token == req.eos_id if req.eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
+        closes = is_eos & (ranks[:, : top_ids.shape[1]] < K) & ~done[:, None] & (top_scores > neg_inf)
+        if closes.any():
+            length = n - 1  # tokens before end-of-text
+            cand_scores = torch.where(closes, top_scores / max(length, 1) ** alpha, neg_inf)
+            cand = torch.zeros((B, top_ids.shape[1], N), dtype=torch.long, device=device)
+            cand[:, :, :length] = seq[first_rows + beam, P:]
+            merged = torch.cat([pool_scores, cand_scores], dim=1)
+            pool_scores, pick = merged.topk(K, dim=-1)
+            pool_seqs = torch.cat([pool_seqs, cand], dim=1).gather(1, pick[..., None].expand(-1, -1, N))
+            pool_lens = torch.cat([pool_lens, torch.full_like(cand_scores, length, dtype=torch.long)], 1).gather(1, pick)
+        # the first K continuations that do not end the text become the beams (stable in rank order)
+        order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :K]
+        beam_scores = top_scores.gather(1, order).masked_fill(is_eos.gather(1, order), neg_inf)
+        rows = (first_rows + beam.gather(1, order)).flatten()
+        seq = torch.cat([seq[rows], token.gather(1, order).reshape(-1, 1)], dim=1)
         if ctx.cache is not None:
-            ctx.cache.select(rows_t)
-        if all(done) or step == req.max_new_tokens - 1:
+            ctx.cache.select(rows)
+        if req.eos_id is not None:
+            full = (pool_scores > neg_inf).all(dim=1)
+            done |= full & (pool_scores.min(dim=1).values >= beam_scores.max(dim=1).values / n**alpha)
+        if bool(done.all()) or step == N - 1:
             break
         logits, _, _ = ctx.advance(seq)
+    generated = seq.shape[1] - P
+    live = torch.where(done[:, None], neg_inf, beam_scores / max(generated, 1) ** alpha)
     results = []
     for b in range(B):
-        pool = list(finished[b])
-        if not done[b]:
-            for k in range(K):
-                hyp = seq[b * K + k, P:].tolist()
-                if beam_scores[b, k] > float("-inf"):
-                    pool.append((beam_scores[b, k].item() / max(len(hyp), 1) ** alpha, hyp))
-        results.append(max(pool, key=lambda x: x[0])[1] if pool else [])
+        best_live, k_live = live[b].max(dim=0)
+        best_pool, k_pool = pool_scores[b].max(dim=0)
+        if best_pool >= best_live and best_pool > neg_inf:
+            results.append(pool_seqs[b, k_pool, : pool_lens[b, k_pool]].tolist())
+        else:
+            results.append(seq[b * K + k_live, P:].tolist())
     return results
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
     """Su et al. 2022: among the top-k tokens pick argmax (1 - alpha) p(v) - alpha max_j cos(h_v, h_j),
     where h are final hidden states and j runs over the context (prompt included)."""
@@ -255,7 +260,7 @@ def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bo
     return finish.completions(seq)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score(model: GPT, prompt: list[int], completion: list[int]) -> tuple[float, float, int]:
     """(sum of -log p(token), sum of the model's entropy, n tokens) of a completion, teacher-forced
     in the model's current mode, each token seeing exactly the context generation gave it."""

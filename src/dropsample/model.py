@@ -62,8 +62,9 @@ class KVCache:
     def __init__(self, cfg: GPTConfig, batch: int, device, dtype=torch.float32, max_len: int | None = None):
         head_dim = cfg.n_embd // cfg.n_head
         shape = (cfg.n_layer, batch, cfg.n_head, max_len or cfg.block_size, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # never read before written (attention only sees [:length]), so no zero fill
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
     @property
@@ -78,12 +79,20 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def select(self, rows: torch.Tensor) -> None:
-        self.k = self.k[:, rows]
-        self.v = self.v[:, rows]
+        """Keep batch rows `rows`: reordered (beams), repeated or fewer (contrastive search).
+        Copies only the filled positions: the copy is memory-bound, capacity is not."""
+        self.k = self._take(self.k, rows)
+        self.v = self._take(self.v, rows)
+
+    def _take(self, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        filled = t[:, rows, :, : self.length]
+        if rows.numel() != t.shape[1]:
+            t = t.new_empty((t.shape[0], rows.numel()) + t.shape[2:])
+        t[:, :, :, : self.length] = filled
+        return t
 
     def repeat(self, times: int) -> None:
-        self.k = self.k.repeat_interleave(times, dim=1)
-        self.v = self.v.repeat_interleave(times, dim=1)
+        self.select(torch.arange(self.k.shape[1], device=self.k.device).repeat_interleave(times))
 
 
 class CausalSelfAttention(nn.Module):
@@ -115,8 +124,11 @@ class CausalSelfAttention(nn.Module):
             y = att @ v
         elif prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif T == 1 and p == 0:
+            # decoding: one query sees every cached key, no mask. For a single query a plain
+            # matmul-softmax-matmul beats the fused kernel on strided cache views (no copies).
+            y = ((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))).softmax(dim=-1) @ v
         elif T == 1:
-            # one new query sees every cached key: no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             # T new queries after a cached prefix: query i sees keys up to prefix + i
@@ -237,10 +249,9 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(self.transformer.head_drop(x))
-        if last_only:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)  # (B, T, V)
+        x = self.transformer.ln_f(self.transformer.head_drop(x))  # (B, T, C)
+        # generation needs only the last position's logits: skip the (B, T, V) projection
+        logits = self.lm_head(x[:, -1:, :] if last_only else x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))

@@ -1,0 +1,56 @@
+"""Shared helpers for the benchmarks: presets, peers and interleaved timing."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+PRESETS = {  # n_layer, n_head, n_embd, block_size (conf/model/*.yaml)
+    "tiny": (2, 2, 32, 32),
+    "baby": (4, 4, 128, 64),
+    "shakespeare": (6, 6, 384, 256),
+    "gpt2": (12, 12, 768, 1024),
+}
+VOCAB = 65  # Tiny Shakespeare, character level
+
+
+def ours(preset: str, rate: float = 0.0, vocab: int = VOCAB, **variants):
+    from dropsample.dropout import DropoutConfig
+    from dropsample.model import GPT, GPTConfig
+
+    L, H, C, T = PRESETS[preset]
+    d = DropoutConfig(embd=rate, attn=rate, resid_attn=rate, resid_mlp=rate, **variants)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=T, n_layer=L, n_head=H, n_embd=C, dropout=d))
+
+
+def peer(preset: str, rate: float = 0.0, vocab: int = VOCAB):
+    """transformers' GPT2LMHeadModel of the same shape and dropout (its sdpa attention)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    L, H, C, T = PRESETS[preset]
+    cfg = GPT2Config(vocab_size=vocab, n_positions=T, n_embd=C, n_layer=L, n_head=H, resid_pdrop=rate,
+                     embd_pdrop=rate, attn_pdrop=rate, activation_function="gelu_new", bos_token_id=None,
+                     eos_token_id=None)
+    return GPT2LMHeadModel(cfg)  # transformers picks its sdpa attention by default
+
+
+def interleaved(fns: dict, rounds: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Best-of-rounds seconds per call for each fn, alternating A B A B so drift hits both."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            tic = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - tic)
+    return best
+
+
+def environment() -> str:
+    import platform
+
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+            f"device {'cuda: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")

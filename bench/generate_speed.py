@@ -1,0 +1,96 @@
+"""Generated tokens per second per sampler, dropsample's engine against transformers' generate,
+on the same model (weights exported to GPT2LMHeadModel), in the same process; and the time to
+compute every diversity metric over 1,000 samples of 256 tokens.
+
+    python bench/generate_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import PRESETS, environment, interleaved, ours
+
+SAMPLERS = {  # name: (dropsample settings, transformers generate kwargs)
+    "greedy": ({"strategy": "greedy"}, {"do_sample": False}),
+    "pure": ({"strategy": "sample"}, {"do_sample": True, "top_k": 0}),
+    "top_k_40": ({"strategy": "sample", "top_k": 40}, {"do_sample": True, "top_k": 40}),
+    "top_p_0.9": ({"strategy": "sample", "top_p": 0.9}, {"do_sample": True, "top_k": 0, "top_p": 0.9}),
+    "beam_4": ({"strategy": "beam", "num_beams": 4}, {"do_sample": False, "num_beams": 4, "early_stopping": False}),
+}
+
+
+def export(model, folder: Path):
+    from safetensors.torch import save_file
+    from transformers import GPT2LMHeadModel
+
+    from dropsample.export import CONV1D_SUFFIXES, hf_config
+
+    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
+               for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(hf_config(model.config, None)))
+    return GPT2LMHeadModel.from_pretrained(folder).eval()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="baby")
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 10, 64])
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--new", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    from dropsample.generation import Request, generate
+    from dropsample.sampling import Sampler
+
+    hf_logging.set_verbosity_error()
+    print(environment())
+    torch.manual_seed(0)
+    model = ours(args.preset).eval()
+    assert args.prompt + args.new <= PRESETS[args.preset][3], "transformers cannot run past n_positions"
+    with tempfile.TemporaryDirectory() as tmp:
+        peer = export(model, Path(tmp))
+    print(f"| sampler | batch | dropsample tok/s | transformers tok/s | ratio |  ({args.preset}, prompt {args.prompt}, "
+          f"{args.new} new tokens)")
+    print("|---|---|---|---|---|")
+    for name, (settings, hf_kwargs) in SAMPLERS.items():
+        for B in args.batches:
+            prompts = torch.randint(0, 65, (B, args.prompt), generator=torch.Generator().manual_seed(B))
+            sampler = Sampler(name, settings)
+            req = Request(prompts, args.new, seeds=list(range(B)))
+
+            def run_ours():
+                generate(model, sampler, req)
+
+            def run_hf():
+                with torch.no_grad():
+                    peer.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=args.new,
+                                  min_new_tokens=args.new, pad_token_id=0, **hf_kwargs)
+
+            t = interleaved({"ours": run_ours, "hf": run_hf}, rounds=args.rounds)
+            tokens = B * args.new
+            print(f"| {name} | {B} | {tokens / t['ours']:,.0f} | {tokens / t['hf']:,.0f} | "
+                  f"{t['hf'] / t['ours']:.2f}x |", flush=True)
+
+    from dropsample import metrics
+
+    rng = random.Random(0)
+    samples = [[rng.randint(0, 64) for _ in range(256)] for _ in range(1000)]
+    tic = time.perf_counter()
+    metrics.diversity(samples)
+    print(f"\nall diversity metrics (distinct-1..4, self-BLEU-4, seq-rep-4, repetition, zipf) on 1,000 x 256 tokens: "
+          f"{time.perf_counter() - tic:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Training tokens per second: dropsample's GPT against transformers' GPT2LMHeadModel.
+
+Same shape, batch, context, dropout rate (embd, attn, resid sites: GPT-2's placement),
+dtype and optimizer, measured in the same process, interleaved. Also the cost of each
+dropout variant relative to no dropout.
+
+    python bench/train_speed.py                       # baby and shakespeare, dropout 0 and 0.2
+    python bench/train_speed.py --variants            # + the dropout variants
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import PRESETS, environment, interleaved, ours, peer
+
+
+def step_fn(model, x, y, hf: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        if hf:
+            loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
+        else:
+            loss = model(x, y)[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def batch(preset: str, batch_size: int):
+    T = PRESETS[preset][3]
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 65, (batch_size, T + 1), generator=g)
+    return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", nargs="+", default=["baby", "shakespeare"])
+    ap.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.2])
+    ap.add_argument("--batch", type=int, default=0, help="0: 32 for baby, 8 for larger presets")
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", action="store_true")
+    args = ap.parse_args()
+    print(environment())
+    print("| preset | batch x context | dropout | dropsample tok/s | transformers tok/s | ratio | dropout cost (ours) |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.presets:
+        B = args.batch or (32 if preset in ("tiny", "baby") else 8)
+        x, y = batch(preset, B)
+        tokens = B * x.shape[1] * args.steps
+        base = None
+        for rate in args.rates:
+            torch.manual_seed(0)
+            a, b = ours(preset, rate), peer(preset, rate)
+            sa, sb = step_fn(a, x, y, False), step_fn(b, x, y, True)
+            t = interleaved({"ours": lambda: [sa() for _ in range(args.steps)],
+                             "hf": lambda: [sb() for _ in range(args.steps)]}, rounds=args.rounds)
+            ours_tps, hf_tps = tokens / t["ours"], tokens / t["hf"]
+            base = base or t["ours"]
+            print(f"| {preset} | {B} x {x.shape[1]} | {rate:g} | {ours_tps:,.0f} | {hf_tps:,.0f} | "
+                  f"{ours_tps / hf_tps:.2f}x | {t['ours'] / base:.2f}x |", flush=True)
+    if args.variants:
+        print()
+        print("| preset | variant (rate 0.2) | time vs no dropout |")
+        print("|---|---|---|")
+        cases = {
+            "none": {},
+            "standard (embd, attn, resid)": {"rate": 0.2},
+            "standard, locked masks": {"rate": 0.2, "locked": ("embd", "resid_attn", "resid_mlp")},
+            "mlp_hidden + head": {"mlp_hidden": 0.2, "head": 0.2},
+            "word (embedding) dropout": {"word": 0.2},
+            "drop_head": {"drop_head": 0.2},
+            "drop_path (by depth)": {"drop_path": 0.2},
+        }
+        for preset in args.presets:
+            B = args.batch or (32 if preset in ("tiny", "baby") else 8)
+            x, y = batch(preset, B)
+            fns = {}
+            for name, kw in cases.items():
+                kw = dict(kw)
+                rate = kw.pop("rate", 0.0)
+                torch.manual_seed(0)
+                s = step_fn(ours(preset, rate, **kw), x, y, False)
+                fns[name] = (lambda s=s: [s() for _ in range(args.steps)])
+            t = interleaved(fns, rounds=args.rounds)
+            for name in cases:
+                print(f"| {preset} | {name} | {t[name] / t['none']:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
