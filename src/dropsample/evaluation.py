@@ -14,7 +14,7 @@ from dropsample.errors import UserError
 from dropsample.runs import RunFolder, write_json_atomic
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def split_loss(model, ids, batch_size: int = 32, max_batches: int = 0, mc_samples: int = 0, seed: int = 0) -> float:
     """Mean next-token NLL over non-overlapping block_size windows covering the split.
 

@@ -100,7 +100,7 @@ class Batches:
         return x.to(self.device), y.to(self.device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg, device, autocast) -> dict[str, float]:
     """Mean loss over eval_iters fixed batches per split, in eval mode."""
     was_training = model.training
