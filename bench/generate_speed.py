@@ -8,7 +8,6 @@ compute every diversity metric over 1,000 samples of 256 tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -28,15 +27,11 @@ SAMPLERS = {  # name: (dropsample settings, transformers generate kwargs)
 
 
 def export(model, folder: Path):
-    from safetensors.torch import save_file
     from transformers import GPT2LMHeadModel
 
-    from dropsample.export import CONV1D_SUFFIXES, hf_config
+    from dropsample.export import write_hf_model
 
-    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
-               for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(hf_config(model.config, None)))
+    write_hf_model(model, folder)
     return GPT2LMHeadModel.from_pretrained(folder).eval()
 
 

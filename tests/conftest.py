@@ -97,3 +97,13 @@ def cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> subpr
     if check and result.returncode != 0:
         raise AssertionError(f"dropsample {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
+
+
+def to_transformers(model, folder: Path):
+    """The same weights as transformers' GPT2LMHeadModel (the test peer)."""
+    import transformers
+
+    from dropsample.export import write_hf_model
+
+    write_hf_model(model, folder)
+    return transformers.GPT2LMHeadModel.from_pretrained(folder).eval()

@@ -1,8 +1,7 @@
-import json
-
 import pytest
 import torch
 
+from conftest import to_transformers
 from dropsample.generation import Request, context_starts, generate, sample_from, score
 from dropsample.model import GPT, GPTConfig
 from dropsample.sampling import Sampler
@@ -65,16 +64,8 @@ def test_inverse_cdf_sampling_follows_the_distribution():
 
 
 def test_greedy_and_beam_match_transformers_generate(model, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    from safetensors.torch import save_file
-
-    from dropsample.export import CONV1D_SUFFIXES, hf_config
-
-    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
-               for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    (tmp_path / "config.json").write_text(json.dumps(hf_config(model.config, None)))
-    peer = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    pytest.importorskip("transformers")
+    peer = to_transformers(model, tmp_path)
     prompts = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(3))
     common = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
     ours = generate(model, Sampler("g", {"strategy": "greedy"}), Request(prompts, 8, seeds=[0, 1]))
@@ -153,16 +144,8 @@ def test_mc_dropout_generation_differs_and_is_seeded():
 @pytest.mark.parametrize("length_penalty", [1.0, -2.0])  # -2 favours short, closed hypotheses
 @pytest.mark.parametrize("row,position", [(0, 0), (0, 2), (1, 4), (3, 1)])
 def test_beam_search_with_end_of_text_matches_transformers(model, tmp_path, row, position, length_penalty):
-    transformers = pytest.importorskip("transformers")
-    from safetensors.torch import save_file
-
-    from dropsample.export import CONV1D_SUFFIXES, hf_config
-
-    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
-               for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    (tmp_path / "config.json").write_text(json.dumps(hf_config(model.config, None)))
-    peer = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    pytest.importorskip("transformers")
+    peer = to_transformers(model, tmp_path)
     torch.manual_seed(0)
     with torch.no_grad():  # a softer model than the fixture's, so end-of-text competes
         peer.transformer.wte.weight.div_(8)

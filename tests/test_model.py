@@ -55,20 +55,12 @@ def test_kv_cache_gives_the_same_logits_as_full_recompute():
 
 def test_matches_transformers_gpt2(tmp_path):
     """Same weights in GPT2LMHeadModel give the same logits (names map one to one)."""
-    transformers = pytest.importorskip("transformers")
-    from safetensors.torch import save_file
-
-    from dropsample.export import CONV1D_SUFFIXES, hf_config
+    pytest.importorskip("transformers")
+    from conftest import to_transformers
 
     torch.manual_seed(0)
     model = GPT(tiny()).eval()
-    weights = {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
-               for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    import json
-
-    (tmp_path / "config.json").write_text(json.dumps(hf_config(model.config, None)))
-    peer = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    peer = to_transformers(model, tmp_path)
     assert peer.num_parameters() == model.num_params()
     x = torch.randint(0, 37, (2, 16))
     torch.testing.assert_close(model(x)[0], peer(x).logits, atol=1e-5, rtol=1e-5)

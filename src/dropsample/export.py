@@ -45,6 +45,19 @@ def hf_config(cfg, eos_id: int | None) -> dict:
     }
 
 
+def write_hf_model(model, out_dir: Path, eos_id: int | None = None) -> None:
+    """config.json + model.safetensors in transformers' GPT-2 layout."""
+    weights = {}
+    for key, value in model.state_dict().items():
+        if key == checkpoint.TIED:
+            continue
+        weights[key] = (value.t() if key.endswith(CONV1D_SUFFIXES) else value).detach().cpu().contiguous()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(hf_config(model.config, eos_id), indent=2))
+
+
 def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> Path:
     run = RunFolder(run_dir)
     run.config()  # a clear error when run_dir is not a run
@@ -55,17 +68,9 @@ def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> Path:
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir} is not empty; choose a new folder")
     ckpt = checkpoint.load(found)
-    model = ckpt.load_model("cpu")
-    weights = {}
-    for key, value in model.state_dict().items():
-        if key == checkpoint.TIED:
-            continue
-        weights[key] = (value.t() if key.endswith(CONV1D_SUFFIXES) else value).contiguous()
     tok = toks.load(found / "tokenizer.json")
     eos_id = toks.end_of_text_id(tok)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(hf_config(ckpt.model_config, eos_id), indent=2))
+    write_hf_model(ckpt.load_model("cpu"), out_dir, eos_id)
     shutil.copyfile(found / "tokenizer.json", out_dir / "tokenizer.json")
     special = {"eos_token": toks.END_OF_TEXT} if eos_id is not None else {"unk_token": toks.UNK}
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": ckpt.model_config.block_size,
