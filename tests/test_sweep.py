@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import threading
 import time
 
@@ -37,6 +38,11 @@ def test_two_job_multirun_leaves_two_complete_run_folders(tmp_path):
             assert (job / name).is_file(), name
     table = json.loads((sweep / "sweep_summary.json").read_text())["jobs"]
     assert [j["status"] for j in table] == ["completed", "completed"]
+    status = cli("status", str(sweep), cwd=tmp_path)
+    assert status.returncode == 0 and "2 completed (of 2 jobs)" in status.stdout
+    shutil.rmtree(jobs[1])  # as if the second job had not started yet
+    status = cli("status", str(sweep), cwd=tmp_path)
+    assert "1 completed, 1 not started (of 2 jobs)" in status.stdout
 
 
 def test_joblib_sweep_of_four_then_report(tmp_path):

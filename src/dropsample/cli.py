@@ -217,12 +217,12 @@ def status(path: Path = typer.Argument(..., help="A sweep or experiment folder."
     """Jobs done, running and failed in a sweep."""
     from rich.console import Console
 
-    from dropsample.sweep import status_table, sweep_rows
+    from dropsample.sweep import expected_jobs, status_table, sweep_rows
 
     rows = sweep_rows(path)
     if not rows:
         _fail(UserError(f"no runs under {path}; pass a sweep or experiment folder"))
-    Console().print(status_table(rows, str(path)))
+    Console().print(status_table(rows, str(path), expected_jobs(path)))
 
 
 def main() -> None:

@@ -79,6 +79,26 @@ def gpu_slot(lock_dir: Path, n_gpus: int, per_gpu: int, poll_seconds: float = 2.
         time.sleep(poll_seconds)
 
 
+def expected_jobs(sweep_dir: Path) -> int | None:
+    """How many jobs the sweep launches, from the multirun.yaml Hydra writes at its start."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    hydra_cfg = OmegaConf.load(path).hydra
+    params = hydra_cfg.sweeper.get("params")
+    lines = [f"{k}={v}" for k, v in (OmegaConf.to_container(params) if params else {}).items()]
+    lines += list(hydra_cfg.overrides.task)
+    try:
+        parsed = OverridesParser.create().parse_overrides(lines)
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # an override this version of Hydra cannot parse: show what exists
+        return None
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict]:
     rows = []
     for run_dir in find_runs([sweep_dir]):
@@ -102,14 +122,18 @@ def varying_overrides(rows: list[dict]) -> list[str]:
     return [" ".join(o for o in r["overrides"].split() if o not in common) for r in rows]
 
 
-def status_table(rows: list[dict], title: str):
+def status_table(rows: list[dict], title: str, expected: int | None = None):
     from rich.markup import escape
     from rich.table import Table
 
     counts = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+    if expected is not None and expected > len(rows):
+        counts["not started"] = counts.get("not started", 0) + expected - len(rows)
     caption = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    if expected is not None:
+        caption += f" (of {expected} jobs)"
     table = Table(title=title, caption=caption)
     for column in ("job", "swept values", "status", "best val ppl", "note"):
         table.add_column(column)
