@@ -51,4 +51,7 @@ def test_cli_bad_input_one_line_exit_2_no_folder(tmp_path):
     result = cli("train", *TINY, "model.block_size=200000", cwd=tmp_path)
     assert result.returncode == 2 and "model.block_size: 200000 is longer than the val split" in result.stderr
     assert "Traceback" not in result.stderr
+    # so does sampling that could not fit its prompts and continuations into the val split
+    result = cli("train", *TINY, "gen.max_new_tokens=200000", cwd=tmp_path)
+    assert result.returncode == 2 and "does not fit the val split" in result.stderr
     assert not list(tmp_path.glob("runs/*/*")), "no run folder may be left behind"

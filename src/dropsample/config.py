@@ -144,7 +144,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def validate_with_data(cfg: DictConfig, split_lengths: dict[str, int]) -> None:
-    """Checks that need the tokenized corpus."""
+    """Checks that need the tokenized corpus (run before training starts)."""
     need = cfg.model.block_size + 1  # a batch row is block_size inputs + 1 target
     for role, n in split_lengths.items():
         if n < need:
@@ -153,3 +153,11 @@ def validate_with_data(cfg: DictConfig, split_lengths: dict[str, int]) -> None:
                 f"{cfg.model.block_size} is longer than the {role} split ({n} tokens); "
                 f"use model.block_size<={n - 1} or more data",
             )
+    span = cfg.gen.prompt_tokens + cfg.gen.max_new_tokens
+    uses_val_prompts = cfg.gen.get("prompt") is None and not cfg.gen.get("prompt_file")
+    if cfg.sample_after_train and uses_val_prompts and span >= split_lengths["val"]:
+        raise ConfigError(
+            "gen.max_new_tokens",
+            f"gen.prompt_tokens + gen.max_new_tokens = {span} does not fit the val split "
+            f"({split_lengths['val']} tokens); lower them",
+        )

@@ -47,8 +47,13 @@ def run_job(cfg: DictConfig, run_dir: Path, *, multirun: bool, resume: bool = Fa
             if summary["status"] == "completed" and cfg.sample_after_train:
                 from dropsample.sample import sample_run
 
-                sample_run(run_dir, samplers=cfg.samplers, gen=cfg.gen, device=device)
-                summary = run.summary()
+                # the experiment is not complete until its samples are written
+                run.update_summary(status="running", stage="sampling")
+                try:
+                    sample_run(run_dir, samplers=cfg.samplers, gen=cfg.gen, device=device)
+                except UserError as err:
+                    raise RuntimeError(f"sampling after training: {err}") from None
+                summary = run.update_summary(status="completed", stage=None)
     except UserError as err:
         if multirun:
             log.error("configuration error: %s", err)

@@ -335,8 +335,8 @@ def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str |
         progress.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-        summary = _write_final(run, status, error, best_val, best_step, last_losses, model, tokens_seen,
-                               train_seconds, wall_start, char_level)
+        summary = _write_final(run, status, error, best_val, best_step, last_losses, tokens_seen, train_seconds,
+                               wall_start, char_level)
     return summary
 
 
@@ -346,12 +346,13 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _write_final(run, status, error, best_val, best_step, losses, model, tokens_seen, train_seconds, wall_start,
+def _write_final(run, status, error, best_val, best_step, losses, tokens_seen, train_seconds, wall_start,
                  char_level) -> dict:
+    rows = run.metrics()
     fields = {
         "status": status,
         "error": error,
-        "steps": run.metrics()[-1]["step"] if run.metrics() else 0,
+        "steps": rows[-1]["step"] if rows else 0,
         "best_val_loss": best_val if math.isfinite(best_val) else None,
         "best_val_ppl": math.exp(best_val) if math.isfinite(best_val) else None,
         "best_step": best_step,
