@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import threading
 import time
@@ -51,6 +52,8 @@ def test_joblib_sweep_of_four_then_report(tmp_path):
     assert result.returncode == 0, result.stderr
     (sweep,) = sweep_dirs(tmp_path, "four")
     assert [s["status"] for s in summaries(sweep)] == ["completed"] * 4
+    # two jobs at once share the cores instead of each taking all of them
+    assert {s["cpu_threads"] for s in summaries(sweep)} == {max(1, (os.cpu_count() or 1) // 2)}
     report = cli("report", str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     with open(sweep / "results.csv") as f:

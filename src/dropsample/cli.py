@@ -95,7 +95,20 @@ def _hydra_task(cfg) -> None:
     from dropsample.experiment import run_job
 
     hc = HydraConfig.get()
+    _share_cpu_threads(hc)
     run_job(cfg, Path(hc.runtime.output_dir), multirun=hc.mode == RunMode.MULTIRUN)
+
+
+def _share_cpu_threads(hc) -> None:
+    """n parallel local jobs split the cores: otherwise each starts one torch thread per core
+    and the jobs oversubscribe the machine."""
+    import os
+
+    import torch
+
+    n_jobs = hc.launcher.get("n_jobs") if "Joblib" in str(hc.launcher.get("_target_", "")) else None
+    if isinstance(n_jobs, int) and n_jobs > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
 
 
 @app.command(context_settings=HYDRA_ARGS)

@@ -233,6 +233,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str |
         device=str(dev),
         dtype=str(dtype).replace("torch.", ""),
         torch_version=torch.__version__,
+        cpu_threads=torch.get_num_threads(),
     )
     train_model = torch.compile(model) if cfg.train.compile else model
     t = cfg.train
