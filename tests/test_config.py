@@ -38,7 +38,9 @@ def test_preflight_checks_every_job_of_a_sweep():
     assert preflight(["model=tiny", "dropout.rate=0,0.1", "seed=1,2,3"], multirun=True) == 6
     with pytest.raises(UserError, match="dropout.rate: got 1.5"):
         preflight(["model=tiny", "dropout.rate=0,1.5"], multirun=True)
-    assert preflight(["+experiment=rate_sweep", "model=tiny"], multirun=True) >= 4
+    experiments = {"rate_sweep": 4, "site_sweep": 6, "decoding_sweep": 2, "early_dropout": 4}
+    for name, jobs in experiments.items():
+        assert preflight([f"+experiment={name}", "model=tiny"], multirun=True) == jobs, name
 
 
 def test_cli_bad_input_one_line_exit_2_no_folder(tmp_path):
