@@ -14,7 +14,6 @@ from dropsample.dropout import (
     inverted_dropout,
     DropoutSchedule,
     ScheduleConfig,
-    SiteDropout,
     drop_path_rates,
     resolve_rates,
     set_mc_dropout,

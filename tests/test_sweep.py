@@ -7,7 +7,6 @@ import shutil
 import threading
 import time
 
-import pytest
 
 from conftest import TINY, cli
 

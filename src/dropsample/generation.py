@@ -231,7 +231,7 @@ def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bo
     ctx = Context(model, B, use_cache)
     finish = Finish(req, B, P, seq.device)
     logits, past, _ = ctx.prime(seq)  # past: final hidden states of the context (B, L, C)
-    for step in range(req.max_new_tokens):
+    for _ in range(req.max_new_tokens):
         probs = torch.softmax(apply_processors(chain, seq, logits.float()), dim=-1)
         top_p, top_ids = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
         kk = top_ids.shape[1]
