@@ -67,10 +67,6 @@ class KVCache:
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
-
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store (B, H, T, D) new keys/values; return all keys/values so far."""
         end = self.length + k.shape[2]

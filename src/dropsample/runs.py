@@ -9,8 +9,9 @@
         checkpoints/{best,last}/
         samples/<name>/      written by `dropsample sample`
 
-summary.json's `status` is `running` while training, then `completed`, `failed`,
-`diverged` or `interrupted`; a run never says `completed` unless it got there.
+summary.json's `status` is `running` while training (and sampling), then `completed`,
+`failed`, `diverged` or `interrupted` (`skipped` in a sweep rerun); a run never says
+`completed` unless it got there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from dropsample.errors import UserError
 
-STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "skipped")
 # keys that name or place a run but do not change its results
 NON_RESULT_KEYS = ("name", "runs_root", "experiment_name", "hydra")
 NON_RESULT_TRAIN_KEYS = ("jobs_per_gpu", "log_interval", "device")

@@ -308,8 +308,3 @@ def resolve_samplers(entries) -> list[Sampler]:
         raise ConfigError("samplers", f"names repeat in {names}; give dict entries a distinct `name`")
     return samplers
 
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of softmax(logits) over the last dim; -inf logits contribute 0."""
-    logp = logits.log_softmax(dim=-1)
-    return -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
