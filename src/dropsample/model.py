@@ -91,6 +91,21 @@ class KVCache:
         self.select(torch.arange(self.k.shape[1], device=self.k.device).repeat_interleave(times))
 
 
+def math_attention(q, k, v, p: float = 0.0, causal: bool = False) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v, optionally causal, with dropout p on the probabilities.
+
+    Used where the fused kernel is slower: on CPU in training with attention dropout (SDPA
+    then draws one mt19937 number per element), and for a single decoding query on strided
+    KV-cache views (SDPA copies them first).
+    """
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Tq, Tk)
+    if causal:
+        T = q.shape[-2]
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    att = att.softmax(dim=-1)
+    return (inverted_dropout(att, p) if p > 0 else att) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -98,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.attn_p = cfg.dropout.attn  # on the probabilities, inside the fused kernel
+        self.attn_p = cfg.dropout.attn  # on the attention probabilities
         self.drop_head = cfg.dropout.drop_head
         self.resid_drop = SiteDropout(cfg.dropout.resid_attn, "resid_attn" in cfg.dropout.locked)
 
@@ -111,19 +126,12 @@ class CausalSelfAttention(nn.Module):
             prefix = cache.length
             k, v = cache.append(layer, k, v)  # (B, H, prefix + T, D)
         p = self.attn_p if self.training else 0.0  # SDPA drops whenever dropout_p > 0, even in eval
-        if p > 0 and x.device.type == "cpu" and prefix == 0:
-            # CPU SDPA falls back to its math path with a slow per-element RNG when dropping;
-            # the same math with our CPU dropout kernel is faster. (CUDA keeps the fused kernel.)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, T)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu_(1)
-            att = inverted_dropout(att.masked_fill(causal, float("-inf")).softmax(dim=-1), p)
-            y = att @ v
+        if prefix == 0 and p > 0 and x.device.type == "cpu":
+            y = math_attention(q, k, v, p, causal=True)  # CPU: our dropout kernel beats SDPA's RNG
         elif prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         elif T == 1 and p == 0:
-            # decoding: one query sees every cached key, no mask. For a single query a plain
-            # matmul-softmax-matmul beats the fused kernel on strided cache views (no copies).
-            y = ((q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))).softmax(dim=-1) @ v
+            y = math_attention(q, k, v)  # decoding: one query sees every cached key
         elif T == 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
