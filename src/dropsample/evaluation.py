@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from dropsample import checkpoint
 from dropsample.dropout import set_mc_dropout
 from dropsample.errors import UserError
-from dropsample.runs import RunFolder, write_json_atomic
+from dropsample.runs import RunFolder, read_json, write_json_atomic
 
 
 @torch.inference_mode()
@@ -82,7 +82,7 @@ def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches:
     record = {"checkpoint": which, "step": ckpt.state["step"], "mc_samples": mc_samples,
               "max_batches": max_batches, "splits": results}
     path = run.path / "eval.json"
-    history = run_json(path)
+    history = read_json(path) if path.is_file() else {}
     history[f"{which}@{ckpt.state['step']}" + (f"+mc{mc_samples}" if mc_samples else "")] = record
     write_json_atomic(path, history)
     run.update_summary(eval=record)
@@ -95,9 +95,3 @@ def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches:
         table.add_row(role, *(f"{row[c]:.4f}" for c in columns))
     Console().print(table)
     return record
-
-
-def run_json(path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else {}
