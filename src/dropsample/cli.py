@@ -52,12 +52,11 @@ def _hydra_overrides_error(exc: Exception) -> UserError:
 def preflight(overrides: list[str], multirun: bool) -> int:
     """Compose and validate every job's config before Hydra creates any folder; return the job count."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     from dropsample.config import conf_dir, validate
+    from dropsample.sweep import expand_jobs
 
     GlobalHydra.instance().clear()
     try:
@@ -68,10 +67,7 @@ def preflight(overrides: list[str], multirun: bool) -> int:
                 # sweeps written in experiment files (hydra.sweeper.params) come before the command line
                 first = [o.input_line for o in parsed if not o.is_sweep_override()]
                 hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
-                params = hydra_cfg.sweeper.get("params")
-                params = OmegaConf.to_container(params) if params else {}
-                parsed = parser.parse_overrides([f"{k}={v}" for k, v in params.items()]) + parsed
-                jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+                jobs = expand_jobs(hydra_cfg.sweeper.get("params"), overrides)
             else:
                 sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
                 if sweeps:

@@ -79,22 +79,29 @@ def gpu_slot(lock_dir: Path, n_gpus: int, per_gpu: int, poll_seconds: float = 2.
         time.sleep(poll_seconds)
 
 
+def expand_jobs(sweeper_params, overrides: list[str]) -> list[list[str]]:
+    """Each job's override list, as Hydra's basic sweeper launches them: sweeps written in
+    config (hydra.sweeper.params) first, then the command line's overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.to_container(sweeper_params) if sweeper_params else {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    parsed = OverridesParser.create().parse_overrides(lines)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
 def expected_jobs(sweep_dir: Path) -> int | None:
     """How many jobs the sweep launches, from the multirun.yaml Hydra writes at its start."""
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     hydra_cfg = OmegaConf.load(path).hydra
-    params = hydra_cfg.sweeper.get("params")
-    lines = [f"{k}={v}" for k, v in (OmegaConf.to_container(params) if params else {}).items()]
-    lines += list(hydra_cfg.overrides.task)
     try:
-        parsed = OverridesParser.create().parse_overrides(lines)
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+        return len(expand_jobs(hydra_cfg.sweeper.get("params"), hydra_cfg.overrides.task))
     except Exception:  # an override this version of Hydra cannot parse: show what exists
         return None
 
