@@ -83,9 +83,8 @@ def make_optimizer(model: GPT, t, device: torch.device) -> torch.optim.AdamW:
 class Batches:
     """Random windows of block_size + 1 tokens; the generator's state is the data position."""
 
-    def __init__(self, ids: np.ndarray | torch.Tensor, block_size: int, batch_size: int, device: torch.device,
-                 seed: int):
-        self.data = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(ids.astype(np.int64))
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device: torch.device, seed: int):
+        self.data = data  # (N,) int64 token ids
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
         # (N - block_size, block_size + 1) strided view: a batch is one gather, no copies per row
@@ -198,8 +197,8 @@ def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str |
     model = GPT(model_cfg).to(dev)
     optimizer = make_optimizer(model, cfg.train, dev)
     schedule = DropoutSchedule(ScheduleConfig.from_dict(cfg.dropout.schedule), cfg.train.max_iters)
-    batches = Batches(data.splits["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed)
-    eval_splits = {r: torch.from_numpy(data.splits[r].astype(np.int64)) for r in ("train", "val")}
+    tokens = {r: torch.from_numpy(data.splits[r].astype(np.int64)) for r in ("train", "val")}
+    batches = Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed)
     char_level = cfg.data.tokenizer == "char"
 
     start_step, best_val, best_step, tokens_seen, train_seconds = 0, math.inf, None, 0, 0.0
@@ -246,7 +245,7 @@ def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str |
 
     def evaluate_and_save(step: int, rates) -> None:
         nonlocal best_val, best_step, last_losses
-        losses = estimate_loss(model, eval_splits, cfg, dev, autocast)
+        losses = estimate_loss(model, tokens, cfg, dev, autocast)
         last_losses = losses
         if not all(math.isfinite(v) for v in losses.values()):
             raise Diverged(f"non-finite eval loss at step {step}: {losses}")
