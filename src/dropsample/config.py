@@ -153,11 +153,17 @@ def validate_with_data(cfg: DictConfig, split_lengths: dict[str, int]) -> None:
                 f"{cfg.model.block_size} is longer than the {role} split ({n} tokens); "
                 f"use model.block_size<={n - 1} or more data",
             )
-    span = cfg.gen.prompt_tokens + cfg.gen.max_new_tokens
     uses_val_prompts = cfg.gen.get("prompt") is None and not cfg.gen.get("prompt_file")
-    if cfg.sample_after_train and uses_val_prompts and span >= split_lengths["val"]:
+    if cfg.sample_after_train and uses_val_prompts:
+        check_prompt_span(cfg.gen, split_lengths["val"])
+
+
+def check_prompt_span(gen, val_tokens: int) -> None:
+    """Validation-prefix prompts need prompt_tokens + max_new_tokens tokens of val text (and a choice of start)."""
+    span = gen.prompt_tokens + gen.max_new_tokens
+    if span >= val_tokens:
         raise ConfigError(
             "gen.max_new_tokens",
-            f"gen.prompt_tokens + gen.max_new_tokens = {span} does not fit the val split "
-            f"({split_lengths['val']} tokens); lower them",
+            f"gen.prompt_tokens + gen.max_new_tokens = {span} does not fit the val split ({val_tokens} tokens); "
+            "lower them",
         )

@@ -47,12 +47,11 @@ def build_prompts(cfg: DictConfig, gen, tok, prompt: str | None) -> tuple[list[l
         return prompts, None, f"prompts from {path.name}, cycled"
     from dropsample import data as data_mod
 
+    from dropsample.config import check_prompt_span
+
     val = data_mod.prepare(cfg.data, log=log.debug).splits["val"]
+    check_prompt_span(gen, len(val))
     span = gen.prompt_tokens + gen.max_new_tokens
-    if len(val) <= span:
-        raise UserError(
-            f"gen.prompt_tokens + gen.max_new_tokens = {span} exceeds the val split ({len(val)} tokens); lower them"
-        )
     rng = np.random.default_rng(gen.seed)
     starts = rng.choice(len(val) - span, size=gen.num_samples, replace=gen.num_samples > len(val) - span)
     prompts = [val[s : s + gen.prompt_tokens].tolist() for s in starts]
