@@ -6,21 +6,23 @@ import time
 
 import torch
 
-PRESETS = {  # n_layer, n_head, n_embd, block_size (conf/model/*.yaml)
-    "tiny": (2, 2, 32, 32),
-    "baby": (4, 4, 128, 64),
-    "shakespeare": (6, 6, 384, 256),
-    "gpt2": (12, 12, 768, 1024),
-}
 VOCAB = 65  # Tiny Shakespeare, character level
 
 
+def shape(preset: str) -> tuple[int, int, int, int]:
+    """n_layer, n_head, n_embd, block_size of a conf/model preset (read from conf/, never copied)."""
+    from dropsample.config import model_preset
+
+    m = model_preset(preset)
+    return m.n_layer, m.n_head, m.n_embd, m.block_size
+
+
 def ours(preset: str, rate: float = 0.0, vocab: int = VOCAB, **variants):
-    from dropsample.dropout import DropoutConfig
+    from dropsample.dropout import DropoutRates
     from dropsample.model import GPT, GPTConfig
 
-    L, H, C, T = PRESETS[preset]
-    d = DropoutConfig(embd=rate, attn=rate, resid_attn=rate, resid_mlp=rate, **variants)
+    L, H, C, T = shape(preset)
+    d = DropoutRates(embd=rate, attn=rate, resid_attn=rate, resid_mlp=rate, **variants)
     return GPT(GPTConfig(vocab_size=vocab, block_size=T, n_layer=L, n_head=H, n_embd=C, dropout=d))
 
 
@@ -28,7 +30,7 @@ def peer(preset: str, rate: float = 0.0, vocab: int = VOCAB):
     """transformers' GPT2LMHeadModel of the same shape and dropout (its sdpa attention)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    L, H, C, T = PRESETS[preset]
+    L, H, C, T = shape(preset)
     cfg = GPT2Config(vocab_size=vocab, n_positions=T, n_embd=C, n_layer=L, n_head=H, resid_pdrop=rate,
                      embd_pdrop=rate, attn_pdrop=rate, activation_function="gelu_new", bos_token_id=None,
                      eos_token_id=None)

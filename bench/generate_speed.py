@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import PRESETS, environment, interleaved, ours
+from common import environment, interleaved, ours, shape
 
 SAMPLERS = {  # name: (dropsample settings, transformers generate kwargs)
     "greedy": ({"strategy": "greedy"}, {"do_sample": False}),
@@ -45,14 +45,15 @@ def main():
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
-    from dropsample.generation import Request, generate
-    from dropsample.sampling import Sampler
+    from dropsample.config import sampler_settings
+    from dropsample.decoding.search import Request, generate
+    from dropsample.schema import Sampler
 
     hf_logging.set_verbosity_error()
     print(environment())
     torch.manual_seed(0)
     model = ours(args.preset).eval()
-    assert args.prompt + args.new <= PRESETS[args.preset][3], "transformers cannot run past n_positions"
+    assert args.prompt + args.new <= shape(args.preset)[3], "transformers cannot run past n_positions"
     with tempfile.TemporaryDirectory() as tmp:
         peer = export(model, Path(tmp))
     print(f"| sampler | batch | dropsample tok/s | transformers tok/s | ratio |  ({args.preset}, prompt {args.prompt}, "
@@ -61,7 +62,7 @@ def main():
     for name, (settings, hf_kwargs) in SAMPLERS.items():
         for B in args.batches:
             prompts = torch.randint(0, 65, (B, args.prompt), generator=torch.Generator().manual_seed(B))
-            sampler = Sampler(name, settings)
+            sampler = Sampler(name, sampler_settings(settings))
             req = Request(prompts, args.new, seeds=list(range(B)))
 
             def run_ours():

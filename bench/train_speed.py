@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from common import PRESETS, environment, interleaved, ours, peer
+from common import environment, interleaved, ours, peer, shape
 
 
 def step_fn(model, x, y, hf: bool):
@@ -34,7 +34,7 @@ def step_fn(model, x, y, hf: bool):
 
 
 def batch(preset: str, batch_size: int):
-    T = PRESETS[preset][3]
+    T = shape(preset)[3]
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, 65, (batch_size, T + 1), generator=g)
     return data[:, :-1].contiguous(), data[:, 1:].contiguous()

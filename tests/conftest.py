@@ -67,26 +67,31 @@ def offline_env(tmp_path_factory):
 
 
 def compose(overrides: list[str]):
-    """The config `dropsample train OVERRIDES` would run, without Hydra creating folders."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """The typed config `dropsample train OVERRIDES` would run, without Hydra creating folders."""
+    from dropsample.config import compose as hydra_compose
+    from dropsample.config import validate
 
-    from dropsample.config import conf_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
+    return validate(hydra_compose(overrides))
 
 
 def make_run_dir(tmp_path: Path, cfg, name: str = "run") -> Path:
     """A run folder as Hydra lays it out (so sample/eval/resume can read .hydra/config.yaml)."""
     from omegaconf import OmegaConf
 
+    from dropsample.schema import to_dict
+
     run_dir = tmp_path / name
     (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(to_dict(cfg)), run_dir / ".hydra" / "config.yaml")
     return run_dir
+
+
+def sampler(name: str = "s", **settings):
+    """A Sampler with typed settings, as `samplers` entries resolve to."""
+    from dropsample.config import sampler_settings
+    from dropsample.schema import Sampler
+
+    return Sampler(name, sampler_settings(settings))
 
 
 def cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> subprocess.CompletedProcess:

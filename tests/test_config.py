@@ -21,7 +21,7 @@ from dropsample.errors import UserError
         ("nonsense=1", "nonsense: unknown key"),
         ("+train.lr_warmup=3", "train.lr_warmup: unknown key"),
         ("model=huge", "model=huge: no such option; choose one of baby, gpt2, shakespeare, tiny"),
-        ("samplers=[{top_p:1.5}]", "samplers[0].top_p: must be in (0, 1]"),
+        ("samplers=[{top_p:1.5}]", "samplers[0].top_p: got 1.5; must be in (0, 1]"),
         ("samplers=[greedy,{base:beam_4,num_beams:0}]", "samplers[1].num_beams"),
         ("gen.checkpoint=first", "gen.checkpoint: got 'first'"),
         ("dropout.rate=0,0.5", "is a sweep; add -m"),
@@ -35,18 +35,18 @@ def test_preflight_errors(override, message):
 
 
 def test_preflight_checks_every_job_of_a_sweep():
-    assert preflight(["model=tiny", "dropout.rate=0,0.1", "seed=1,2,3"], multirun=True) == 6
+    assert preflight(["model=tiny", "dropout.rate=0,0.1", "seed=1,2,3"], multirun=True)[0] == 6
     with pytest.raises(UserError, match="dropout.rate: got 1.5"):
         preflight(["model=tiny", "dropout.rate=0,1.5"], multirun=True)
     experiments = {"rate_sweep": 4, "site_sweep": 6, "decoding_sweep": 2, "early_dropout": 4}
     for name, jobs in experiments.items():
-        assert preflight([f"+experiment={name}", "model=tiny"], multirun=True) == jobs, name
+        assert preflight([f"experiment={name}", "model=tiny"], multirun=True)[0] == jobs, name
 
 
 def test_cli_bad_input_one_line_exit_2_no_folder(tmp_path):
     result = cli("train", *TINY, "dropout.rate=2", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: dropout.rate: got 2; a dropout rate must be in [0, 1)"
+    assert result.stderr.strip() == "error: dropout.rate: got 2.0; a dropout rate must be in [0, 1)"
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()
     # an error that needs the data (context longer than the corpus) also leaves nothing behind

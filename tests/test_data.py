@@ -5,6 +5,7 @@ import conftest
 from conftest import needs_wikitext
 from dropsample import data, tokenizer
 from dropsample.errors import DataError
+from dropsample.schema import DataConfig
 
 
 def test_char_tokenizer_round_trip_and_unknown_characters():
@@ -34,7 +35,7 @@ def test_bpe_tokenizer_round_trip():
 
 def test_split_is_first_90_last_10():
     cfg = {"name": "tiny_shakespeare", "path": None, "url": "unused", "val_fraction": 0.1, "test_fraction": 0.0}
-    corpus = data.load_corpus(cfg)
+    corpus = data.load_corpus(DataConfig(**cfg))
     full = (conftest.DATA_DIR / "tinyshakespeare" / "input.txt").read_text()
     n_val = int(len(full) * 0.1)
     assert corpus.texts["train"] == full[: len(full) - n_val]
@@ -50,14 +51,14 @@ def test_tokenized_data_is_cached(tmp_path):
     cfg = {"name": "text", "path": str(src), "tokenizer": "char", "vocab_size": 0, "val_fraction": 0.1,
            "test_fraction": 0.0, "cache_dir": str(tmp_path / "cache")}
     messages = []
-    first = data.prepare(cfg, log=messages.append)
-    second = data.prepare(cfg, log=messages.append)
+    first = data.prepare(DataConfig(**cfg), log=messages.append)
+    second = data.prepare(DataConfig(**cfg), log=messages.append)
     assert "into cache" in messages[0] and "from cache" in messages[1]
     assert np.array_equal(first.splits["train"], second.splits["train"])
     src.write_text("different text entirely\n" * 50)
-    third = data.prepare(cfg, log=messages.append)
+    third = data.prepare(DataConfig(**cfg), log=messages.append)
     assert third.cache_key != first.cache_key and "into cache" in messages[2]
-    bpe = data.prepare({**cfg, "tokenizer": "bpe", "vocab_size": 260}, log=messages.append)
+    bpe = data.prepare(DataConfig(**{**cfg, "tokenizer": "bpe", "vocab_size": 260}), log=messages.append)
     assert bpe.cache_key != third.cache_key
 
 
@@ -65,17 +66,17 @@ def test_offline_without_local_copy_says_how_to_fix(monkeypatch):
     monkeypatch.delenv("DROPSAMPLE_DATA_DIR")
     cfg = {"name": "tiny_shakespeare", "path": None, "url": "https://example.invalid/x", "val_fraction": 0.1}
     with pytest.raises(DataError, match="data.path="):
-        data.load_corpus(cfg)
+        data.load_corpus(DataConfig(**cfg))
     with pytest.raises(DataError, match="DROPSAMPLE_DATA_DIR"):
-        data.load_corpus({"name": "wikitext2", "path": None, "splits": {"train": "train", "val": "validation"}})
+        data.load_corpus(DataConfig(**{"name": "wikitext2", "path": None, "splits": {"train": "train", "val": "validation"}}))
 
 
 @needs_wikitext()
 def test_wikitext_local_splits_are_labelled():
     cfg = {"name": "wikitext2", "path": None, "splits": {"train": "validation", "val": "test", "test": None}}
-    corpus = data.load_corpus(cfg)
+    corpus = data.load_corpus(DataConfig(**cfg))
     assert corpus.sources == {"train": "wikitext-2/valid.txt (validation)", "val": "wikitext-2/test.txt (test)"}
     assert corpus.texts["train"] == (conftest.DATA_DIR / "wikitext-2" / "valid.txt").read_text()
     assert corpus.texts["train"].startswith(" \n = Homarus gammarus = \n")
     with pytest.raises(DataError, match="no train file"):
-        data.load_corpus({**cfg, "splits": {"train": "train", "val": "validation"}})
+        data.load_corpus(DataConfig(**{**cfg, "splits": {"train": "train", "val": "validation"}}))

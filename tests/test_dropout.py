@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from dropsample.dropout import (
-    DropoutConfig,
-    inverted_dropout,
+    DropoutRates,
     DropoutSchedule,
-    ScheduleConfig,
     drop_path_rates,
+    inverted_dropout,
     resolve_rates,
     set_mc_dropout,
 )
+from dropsample.schema import DropoutConfig, ScheduleConfig
 from dropsample.model import GPT, GPTConfig
 
 
@@ -38,7 +38,7 @@ def capture(module: torch.nn.Module):
 
 def model_with(**rates):
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=DropoutConfig(**rates))
+    cfg = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, n_embd=64, dropout=DropoutRates(**rates))
     return GPT(cfg)
 
 
@@ -104,7 +104,7 @@ def test_attention_dropout_rate_on_probabilities():
     from dropsample.model import CausalSelfAttention
 
     T, C, p = 32, 64, 0.2
-    cfg = GPTConfig(vocab_size=10, block_size=T, n_layer=1, n_head=2, n_embd=C, dropout=DropoutConfig(attn=p))
+    cfg = GPTConfig(vocab_size=10, block_size=T, n_layer=1, n_head=2, n_embd=C, dropout=DropoutRates(attn=p))
     attn = CausalSelfAttention(cfg)
     with torch.no_grad():
         attn.c_attn.weight.zero_()
@@ -232,14 +232,14 @@ def test_every_variant_is_identity_in_eval_unless_mc_dropout():
 
 
 def test_shorthand_rate_and_site_overrides():
-    cfg = {"rate": 0.1, "sites": ["embd", "attn"], "attn": 0.3, "head": None, "mlp_hidden": 0.05}
+    cfg = DropoutConfig(rate=0.1, sites=["embd", "attn"], attn=0.3, head=None, mlp_hidden=0.05)
     d = resolve_rates(cfg)
     assert (d.embd, d.attn, d.resid_attn, d.mlp_hidden, d.head) == (0.1, 0.3, 0.0, 0.05, 0.0)
 
 
 def test_set_dropout_changes_rates_in_place():
     model = model_with(embd=0.1, attn=0.1)
-    model.set_dropout(DropoutConfig(embd=0.0, attn=0.4, resid_mlp=0.2))
+    model.set_dropout(DropoutRates(embd=0.0, attn=0.4, resid_mlp=0.2))
     assert model.transformer.drop.p == 0.0
     assert model.transformer.h[1].attn.attn_p == 0.4
     assert model.transformer.h[0].mlp.resid_drop.p == 0.2
@@ -257,13 +257,12 @@ def test_set_dropout_changes_rates_in_place():
     ],
 )
 def test_schedule_values(cfg, expected):
-    schedule = DropoutSchedule(ScheduleConfig.from_dict(cfg), max_iters=100)
+    schedule = DropoutSchedule(ScheduleConfig(**cfg), max_iters=100)
     assert {s: schedule.factor(s) for s in expected} == pytest.approx(expected)
 
 
 def test_val_plateau_schedule_rule_and_state():
-    cfg = ScheduleConfig.from_dict({"kind": "val_plateau", "plateau_factor": 0.5, "plateau_threshold": 0.01,
-                                    "plateau_min_factor": 0.2})
+    cfg = ScheduleConfig(kind="val_plateau", plateau_factor=0.5, plateau_threshold=0.01, plateau_min_factor=0.2)
     s = DropoutSchedule(cfg, 100)
     factors = []
     for val in [3.0, 2.5, 2.495, 2.4, 2.399, 2.398, 2.397]:

@@ -1,10 +1,15 @@
 import pytest
 import torch
 
+from conftest import sampler as make_sampler
 from conftest import to_transformers
-from dropsample.generation import Request, context_starts, generate, sample_from, score
+from dropsample.decoding.search import Request, context_starts, generate, sample_from, score
 from dropsample.model import GPT, GPTConfig
-from dropsample.sampling import Sampler
+
+
+def Sampler(name, settings):
+    return make_sampler(name, **settings)
+
 
 V = 40
 
@@ -124,11 +129,11 @@ def test_score_uses_the_generation_context_windows(model):
 
 
 def test_mc_dropout_generation_differs_and_is_seeded():
-    from dropsample.dropout import DropoutConfig, set_mc_dropout
+    from dropsample.dropout import DropoutRates, set_mc_dropout
 
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32,
-                      dropout=DropoutConfig(embd=0.5, resid_attn=0.5, resid_mlp=0.5))).eval()
+                      dropout=DropoutRates(embd=0.5, resid_attn=0.5, resid_mlp=0.5))).eval()
     prompts = torch.randint(0, V, (4, 5), generator=torch.Generator().manual_seed(6))
     greedy = Sampler("g", {"strategy": "greedy"})
     plain = generate(m, greedy, Request(prompts, 12, seeds=[0] * 4))

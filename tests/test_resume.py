@@ -46,18 +46,18 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, schedu
     cfg = compose(overrides)
     full_dir = make_run_dir(tmp_path, cfg, "full")
     full = training.train(cfg, full_dir)
-    assert full["status"] == "completed"
+    assert full.status == "completed"
 
     cut_dir = make_run_dir(tmp_path, cfg, "cut")
     with monkeypatch.context() as m:
         interrupt_after(m, 45)  # mid-way: 60 steps + 4 batches per evaluation
         cut = training.train(cfg, cut_dir)
-    assert cut["status"] == "interrupted"
+    assert cut.status == "interrupted"
     assert 0 < len(metrics(cut_dir)) < len(metrics(full_dir))
     resumed = training.train(cfg, cut_dir, resume=True)
-    assert resumed["status"] == "completed"
+    assert resumed.status == "completed"
     for key in ("final_train_loss", "final_val_loss", "best_val_loss", "best_step", "tokens_seen"):
-        assert resumed[key] == full[key], key
+        assert getattr(resumed, key) == getattr(full, key), key
     assert comparable(metrics(cut_dir)) == comparable(metrics(full_dir))
     if schedule == "val_plateau":
         factors = [r["dropout_factor"] for r in metrics(full_dir)]
@@ -83,13 +83,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         time.sleep(0.01)
     proc.wait()
     assert killed_dir is not None, "the run finished before it could be killed"
-    assert RunFolder(killed_dir).summary()["status"] == "running", "a killed run never claims completion"
+    assert RunFolder(killed_dir).summary().status == "running", "a killed run never claims completion"
     resumed = cli("train", "--resume", str(killed_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     a, b = RunFolder(full_dir).summary(), RunFolder(killed_dir).summary()
-    assert b["status"] == "completed"
+    assert b.status == "completed"
     for key in ("final_train_loss", "final_val_loss", "best_val_loss", "best_step"):
-        assert a[key] == b[key], key
+        assert getattr(a, key) == getattr(b, key), key
     assert comparable(metrics(killed_dir)) == comparable(metrics(full_dir))
 
 

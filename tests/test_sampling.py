@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dropsample import sampling
+from dropsample import config
+from dropsample.decoding import processors as sampling
 from dropsample.errors import ConfigError
 
 tlp = pytest.importorskip("transformers.generation.logits_process")
@@ -108,17 +109,30 @@ def test_invalid_settings_name_the_setting(settings, key):
     assert err.value.key == key
 
 
+@pytest.mark.parametrize("make", [lambda: sampling.TopK(0), lambda: sampling.TopP(1.5), lambda: sampling.MinP(-1),
+                                  lambda: sampling.Temperature(0), lambda: sampling.Typical(0.0),
+                                  lambda: sampling.Epsilon(1.0), lambda: sampling.Eta(0.0),
+                                  lambda: sampling.RepetitionPenalty(-1), lambda: sampling.NoRepeatNGram(0)])
+def test_processor_constructors_check_their_arguments(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_every_processor_honours_the_contract():
+    assert all(issubclass(type(p), sampling.LogitsProcessor) for p, _ in PAIRS)
+
+
 def test_resolve_presets_dicts_and_errors():
-    samplers = sampling.resolve_samplers(["greedy", {"base": "top_p_0.9", "temperature": 0.7}, {"name": "cold", "temperature": 0}])
+    samplers = config.resolve_samplers(["greedy", {"base": "top_p_0.9", "temperature": 0.7}, {"name": "cold", "temperature": 0}])
     assert [s.name for s in samplers] == ["greedy", "top_p_0.9+temperature=0.7", "cold"]
-    assert samplers[1].settings == {"strategy": "sample", "top_p": 0.9, "temperature": 0.7}
+    assert samplers[1].settings.changed() == {"top_p": 0.9, "temperature": 0.7}  # strategy sample is the default
     assert samplers[2].strategy == "greedy"  # temperature 0 means greedy
     with pytest.raises(ConfigError, match=r"samplers\[1\].num_beams"):
-        sampling.resolve_samplers(["greedy", {"base": "beam_4", "num_beams": 0}])
+        config.resolve_samplers(["greedy", {"base": "beam_4", "num_beams": 0}])
     with pytest.raises(ConfigError, match="unknown sampler preset"):
-        sampling.resolve_samplers(["nucleus"])
+        config.resolve_samplers(["nucleus"])
     with pytest.raises(ConfigError, match="names repeat"):
-        sampling.resolve_samplers(["greedy", "greedy"])
+        config.resolve_samplers(["greedy", "greedy"])
 
 
 def test_every_preset_is_valid():
@@ -127,4 +141,4 @@ def test_every_preset_is_valid():
     names = [p.stem for p in (conf_dir() / "sampler").glob("*.yaml")]
     assert {"greedy", "pure", "temp_0.7", "top_k_40", "top_k_640", "top_p_0.9", "top_p_0.95", "min_p_0.1",
             "typical_0.95", "eta", "beam_4"} <= set(names)
-    assert len(sampling.resolve_samplers(names)) == len(names)
+    assert len(config.resolve_samplers(names)) == len(names)

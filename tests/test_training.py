@@ -2,12 +2,12 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import TINY, compose, make_run_dir
 from dropsample import checkpoint, training
 from dropsample.model import GPT, GPTConfig
 from dropsample.runs import RunFolder
+from dropsample.schema import TrainConfig
 
 SHORT = [o for o in TINY if not o.startswith(("train.max_iters", "train.eval_interval"))] + [
     "train.max_iters=40", "train.eval_interval=10", "sample_after_train=false",
@@ -15,7 +15,7 @@ SHORT = [o for o in TINY if not o.startswith(("train.max_iters", "train.eval_int
 
 
 def test_learning_rate_schedule_by_hand():
-    t = OmegaConf.create({"lr": 1.0, "min_lr": 0.1, "warmup_iters": 4, "lr_decay_iters": 14, "max_iters": 20})
+    t = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=4, lr_decay_iters=14, max_iters=20)
     assert training.lr_at(0, t) == pytest.approx(1 / 5)  # linear warm-up: (step + 1) / (warmup + 1)
     assert training.lr_at(3, t) == pytest.approx(4 / 5)
     assert training.lr_at(4, t) == pytest.approx(1.0)  # cosine starts at the peak
@@ -49,8 +49,8 @@ def test_nan_loss_stops_as_diverged_and_keeps_the_last_good_checkpoint(tmp_path,
 
     monkeypatch.setattr(GPT, "forward", poisoned)
     summary = training.train(cfg, run_dir)
-    assert summary["status"] == "diverged"
-    assert summary["error"] == "loss became nan at step 25"
+    assert summary.status == "diverged"
+    assert summary.error == "loss became nan at step 25"
     last = checkpoint.load(run_dir / "checkpoints" / "last")
     assert last.state["step"] == 20
     assert all(torch.isfinite(w).all() for w in last.load_model().state_dict().values())
@@ -61,7 +61,7 @@ def test_dropout_rates_in_effect_are_logged_per_evaluation(tmp_path):
     cfg = compose(SHORT + ["dropout.schedule.kind=early", "dropout.schedule.end=0.5", "dropout.rate=0.2",
                            "dropout.word=0.1"])
     run_dir = make_run_dir(tmp_path, cfg)
-    assert training.train(cfg, run_dir)["status"] == "completed"
+    assert training.train(cfg, run_dir).status == "completed"
     rows = RunFolder(run_dir).metrics()
     assert [r["dropout_factor"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0]  # steps 0..40, off from step 20
     assert rows[1]["dropout"]["attn"] == 0.2 and rows[1]["dropout"]["word"] == 0.1

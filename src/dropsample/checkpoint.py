@@ -9,7 +9,11 @@
 
 A save writes a temporary sibling folder, fsyncs it and swaps it in with renames; a
 process killed mid-save leaves the previous folder (possibly under `.old-<name>`,
-which `resolve` falls back to) and never a half-written one.
+which `resolve` falls back to) and never a half-written one. Temporary folders such a
+kill leaves behind are removed by the next save.
+
+`load` verifies what it reads (JSON structure, safetensors headers and shapes against the
+config) and raises CheckpointError naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -22,11 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dropsample.model import GPT, GPTConfig
 
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
+FILES = ("model.safetensors", "config.json", "tokenizer.json", "state.safetensors", "state.json")
+STATE_KEYS = ("step",)  # state.json keys every checkpoint has
+
+
+class CheckpointError(Exception):
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(path, f"not a readable safetensors file: {str(exc).splitlines()[0][:120]}") from None
 
 
 @dataclass
@@ -37,14 +57,20 @@ class Checkpoint:
 
     def load_model(self, device="cpu") -> GPT:
         model = GPT(self.model_config)
-        weights = load_file(str(self.folder / "model.safetensors"), device="cpu")
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        path = self.folder / "model.safetensors"
+        weights = _tensors(path)
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)[:120])
+            raise CheckpointError(path, f"weights do not fit config.json ({first})") from None
         if unexpected or set(missing) - {TIED}:
-            raise ValueError(f"{self.folder}: weights do not match the model config ({missing or unexpected})")
+            raise CheckpointError(path, f"weights do not fit config.json (missing {sorted(set(missing) - {TIED})[:3]}, "
+                                        f"unexpected {sorted(unexpected)[:3]})")
         return model.to(device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return load_file(str(self.folder / "state.safetensors"), device="cpu")
+        return _tensors(self.folder / "state.safetensors")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,6 +99,12 @@ def _swap_in(tmp: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def clean_stale(parent: Path) -> None:
+    """Remove temporary folders a killed save left behind (only this run writes here)."""
+    for stale in Path(parent).glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def save(
     target: Path,
     model: GPT,
@@ -84,6 +116,7 @@ def save(
 ) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target.parent)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
@@ -131,12 +164,34 @@ def resolve(folder: Path) -> Path | None:
     return None
 
 
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(path, f"invalid JSON ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"holds a {type(data).__name__}, not an object")
+    return data
+
+
 def load(folder: Path) -> Checkpoint:
+    """Read and verify a checkpoint folder (its weights load lazily, in load_model)."""
     found = resolve(folder)
     if found is None:
-        raise FileNotFoundError(f"no checkpoint in {folder}")
-    config = GPTConfig.from_dict(json.loads((found / "config.json").read_text()))
-    state = json.loads((found / "state.json").read_text())
+        raise CheckpointError(Path(folder), "no checkpoint here")
+    try:
+        config = GPTConfig.from_dict(_json(found / "config.json"))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(found / "config.json", str(exc)) from None
+    state = _json(found / "state.json")
+    for key in STATE_KEYS:
+        if not isinstance(state.get(key), int):
+            raise CheckpointError(found / "state.json", f"{key} is {state.get(key)!r}, not a step count")
+    tokenizer = found / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise CheckpointError(tokenizer, "missing")
     return Checkpoint(found, config, state)
 
 
@@ -147,4 +202,7 @@ def optimizer_state(ckpt: Checkpoint, tensors: dict[str, torch.Tensor]) -> dict:
         if key.startswith("optimizer."):
             _, index, slot = key.split(".", 2)
             state.setdefault(int(index), {})[slot] = value
-    return {"state": dict(sorted(state.items())), "param_groups": ckpt.state["optimizer_param_groups"]}
+    groups = ckpt.state.get("optimizer_param_groups")
+    if not isinstance(groups, list):
+        raise CheckpointError(ckpt.folder / "state.json", "optimizer_param_groups missing")
+    return {"state": dict(sorted(state.items())), "param_groups": groups}

@@ -1,11 +1,13 @@
 """The `dropsample` command: a thin map from subcommands to plain functions.
 
-Bad input (UserError) becomes one line on stderr and exit code 2, never a traceback.
+Bad input becomes one line on stderr and exit code 2 (3 for a damaged run file), never a
+traceback; how a training job fails is decided in one place, task.py.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -31,42 +33,44 @@ def _fail(err: UserError) -> None:
 
 def _hydra_overrides_error(exc: Exception) -> UserError:
     """Hydra's multi-line composition errors, as one line that says what to do."""
-    import re
-
-    from dropsample.config import conf_dir
+    from dropsample.config import options
 
     text = str(exc)
-    unknown = re.search(r"Could not override '([^']+)'", text)
+    unknown = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if unknown:
-        key = unknown.group(1)
-        return UserError(f"{key}: unknown key; `dropsample train --cfg job` lists every key")
+        return UserError(f"{unknown.group(1)}: unknown key; `dropsample train --cfg job` lists every key")
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
-        options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-        return UserError(f"{group}={option}: no such option; choose one of {', '.join(options)}")
+        return UserError(f"{group}={option}: no such option; choose one of {', '.join(options(group))}")
     text = "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
     return UserError(f"{text} (see `dropsample train --cfg job` for every key, conf/ for the groups)")
 
 
-def preflight(overrides: list[str], multirun: bool) -> int:
-    """Compose and validate every job's config before Hydra creates any folder; return the job count."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def normalize(overrides: list[str]) -> list[str]:
+    """`+experiment=x` (the spelling before `experiment` had a default) means `experiment=x`."""
+    return [o[1:] if o.startswith("+experiment=") else o for o in overrides]
+
+
+def preflight(overrides: list[str], multirun: bool) -> tuple[int, str]:
+    """Compose and validate every job's config before Hydra creates any folder.
+
+    Returns the job count and the output folder Hydra will use (the run folder, or the
+    sweep folder), resolved now so the CLI can pin it and read the sweep's outcome there.
+    """
+    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from dropsample.config import conf_dir, validate
+    from dropsample.config import hydra_context, validate
     from dropsample.sweep import expand_jobs
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            parser = OverridesParser.create()
-            parsed = parser.parse_overrides(overrides)
+        with hydra_context():
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            first = [o.input_line for o in parsed if not o.is_sweep_override()]
+            hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
             if multirun:
                 # sweeps written in experiment files (hydra.sweeper.params) come before the command line
-                first = [o.input_line for o in parsed if not o.is_sweep_override()]
-                hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
                 jobs = expand_jobs(hydra_cfg.sweeper.get("params"), overrides)
             else:
                 sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
@@ -75,24 +79,23 @@ def preflight(overrides: list[str], multirun: bool) -> int:
                 jobs = [overrides]
             for job in jobs:
                 validate(compose("config", overrides=job))
+            folder = str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
     except UserError:
         raise
     except Exception as exc:  # Hydra's override and composition errors
         raise _hydra_overrides_error(exc) from None
-    finally:
-        GlobalHydra.instance().clear()
-    return len(jobs)
+    return len(jobs), folder
 
 
-def _hydra_task(cfg) -> None:
+def _hydra_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from dropsample.experiment import run_job
+    from dropsample.task import run_task
 
     hc = HydraConfig.get()
     _share_cpu_threads(hc)
-    run_job(cfg, Path(hc.runtime.output_dir), multirun=hc.mode == RunMode.MULTIRUN)
+    return run_task(cfg, Path(hc.runtime.output_dir), sweep_job=hc.mode == RunMode.MULTIRUN)
 
 
 def _share_cpu_threads(hc) -> None:
@@ -116,7 +119,7 @@ def train(
     """Train a GPT (then sample from it). Arguments are Hydra overrides.
 
     Config groups (conf/): model=tiny|baby|shakespeare|gpt2, data=tiny_shakespeare|wikitext2|text,
-    dropout=standard|none|everywhere, +experiment=rate_sweep|site_sweep|decoding_sweep|early_dropout,
+    dropout=standard|none|everywhere, experiment=rate_sweep|site_sweep|decoding_sweep|early_dropout,
     hydra/launcher=basic|parallel|slurm|joblib|submitit_local|submitit_slurm.
 
     Examples:
@@ -124,33 +127,48 @@ def train(
       dropsample train -m dropout.rate=0,0.1,0.2 seed=0,1
       dropsample train --cfg job      (print the composed config)
     """
-    overrides = list(ctx.args)
+    overrides = normalize(list(ctx.args))
     if resume is not None:
         if overrides:
             _fail(UserError("--resume continues a run with its own config; drop the overrides"))
-        from dropsample.experiment import resume_run
+        from dropsample.task import resume as resume_run
 
         resume_run(resume)
         return
-    hydra_flags = [a for a in overrides if a.startswith("-")]
-    if not hydra_flags:
+    folder = None
+    if not any(a.startswith("-") for a in overrides):  # Hydra's own flags (--cfg, --info) run nothing
         try:
-            preflight(overrides, multirun)
+            _, folder = preflight(overrides, multirun)
         except UserError as err:
             _fail(err)
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        if not any(o.startswith(key + "=") for o in overrides):
+            overrides.append(f"{key}='{folder}'")
     import hydra
 
     from dropsample.config import conf_dir
 
     sys.argv = ["dropsample"] + (["--multirun"] if multirun else []) + overrides
     hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_task)()
-    if multirun:
-        from dropsample.sweep import LAST_SWEEP
+    if multirun and folder is not None:
+        _sweep_exit(Path(folder))
 
-        if LAST_SWEEP.get("failed"):
-            typer.echo(f"error: {LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} jobs failed; "
-                       f"see {LAST_SWEEP['dir']}/sweep_summary.json", err=True)
-            raise typer.Exit(1)
+
+def _sweep_exit(sweep_dir: Path) -> None:
+    """The sweep's outcome, from the sweep_summary.json its callback wrote."""
+    from dropsample.sweep import SWEEP_SUMMARY, read_sweep_summary
+
+    try:
+        outcome = read_sweep_summary(sweep_dir)
+    except UserError as err:
+        _fail(err)
+    if outcome is None:
+        typer.echo(f"error: the sweep wrote no {SWEEP_SUMMARY} in {sweep_dir}; see the log above", err=True)
+        raise typer.Exit(1)
+    if outcome.get("failed"):
+        typer.echo(f"error: {outcome['failed']} of {outcome['total']} jobs failed; "
+                   f"see {sweep_dir / SWEEP_SUMMARY}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command(context_settings=HYDRA_ARGS)
@@ -213,7 +231,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="Where report.md, results.csv and plots go."),
 ) -> None:
     """Compare runs: one row per configuration, seeds aggregated, plots and findings."""
-    from dropsample.report import report_command
+    from dropsample.report.command import report_command
 
     try:
         report_command(paths, out)

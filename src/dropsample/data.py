@@ -93,21 +93,21 @@ def _local_text_files(path: Path) -> list[str]:
 
 
 def load_corpus(cfg) -> Corpus:
-    name = cfg["name"]
+    name = cfg.name
     if name == "tiny_shakespeare":
         return _load_tiny_shakespeare(cfg)
     if name == "wikitext2":
         return _load_wikitext2(cfg)
     if name == "text":
-        path = Path(str(cfg["path"])).expanduser()
+        path = Path(str(cfg.path)).expanduser()
         text = _read_with_datasets(_local_text_files(path))
-        texts, sources = _split_fractions(text, cfg["val_fraction"], cfg.get("test_fraction", 0.0), path.name)
+        texts, sources = _split_fractions(text, cfg.val_fraction, cfg.test_fraction, path.name)
         return Corpus(name, texts, sources)
     raise DataError(f"data.name: unknown corpus {name!r}; use data=tiny_shakespeare, data=wikitext2 or data=text")
 
 
 def _load_tiny_shakespeare(cfg) -> Corpus:
-    path = cfg.get("path")
+    path = cfg.path
     if path is None and _data_dir() is not None:
         path = _data_dir() / "tinyshakespeare" / "input.txt"
     if path is not None:
@@ -118,17 +118,17 @@ def _load_tiny_shakespeare(cfg) -> Corpus:
             "or DROPSAMPLE_DATA_DIR to a folder holding tinyshakespeare/input.txt"
         )
     else:
-        files = cfg["url"]
+        files = cfg.url
     text = _read_with_datasets(files)
-    texts, sources = _split_fractions(text, cfg["val_fraction"], cfg.get("test_fraction", 0.0), "input.txt")
+    texts, sources = _split_fractions(text, cfg.val_fraction, cfg.test_fraction, "input.txt")
     return Corpus("tiny_shakespeare", texts, sources)
 
 
 def _load_wikitext2(cfg) -> Corpus:
-    roles = {role: split for role, split in (cfg.get("splits") or {}).items() if split}
+    roles = {role: split for role, split in (cfg.splits or {}).items() if split}
     if "train" not in roles or "val" not in roles:
         raise DataError("data.splits: wikitext2 needs a train and a val split, e.g. data.splits.train=train")
-    folder = cfg.get("path")
+    folder = cfg.path
     if folder is None and _data_dir() is not None:
         folder = _data_dir() / "wikitext-2"
     texts, sources = {}, {}
@@ -153,15 +153,15 @@ def _load_wikitext2(cfg) -> Corpus:
     import datasets
 
     datasets.disable_progress_bars()
-    ds = datasets.load_dataset(cfg["hub_id"], cfg["hub_config"])
+    ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config)
     for role, split in roles.items():
         texts[role] = "".join(t if t.endswith("\n") else t + "\n" for t in ds[split]["text"])
-        sources[role] = f"{cfg['hub_id']}/{cfg['hub_config']} ({split})"
+        sources[role] = f"{cfg.hub_id}/{cfg.hub_config} ({split})"
     return Corpus("wikitext2", texts, sources)
 
 
 def cache_root(cfg) -> Path:
-    value = cfg.get("cache_dir") or os.environ.get("DROPSAMPLE_CACHE_DIR") or "~/.cache/dropsample"
+    value = cfg.cache_dir or os.environ.get("DROPSAMPLE_CACHE_DIR") or "~/.cache/dropsample"
     return Path(str(value)).expanduser()
 
 
@@ -177,7 +177,7 @@ def _cache_key(corpus: Corpus, kind: str, vocab_size: int) -> str:
 def prepare(cfg, log=print) -> TokenizedData:
     """Load, split and tokenize; reuse the cache when the texts and tokenizer settings match."""
     corpus = load_corpus(cfg)
-    kind, vocab_size = cfg["tokenizer"], int(cfg.get("vocab_size") or 0)
+    kind, vocab_size = cfg.tokenizer, int(cfg.vocab_size or 0)
     key = _cache_key(corpus, kind, vocab_size)
     folder = cache_root(cfg) / "tokens" / key
     if (folder / "meta.json").is_file():

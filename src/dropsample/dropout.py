@@ -29,14 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SITES = ("embd", "attn", "resid_attn", "mlp_hidden", "resid_mlp", "head")
-LOCKABLE_SITES = ("embd", "resid_attn", "mlp_hidden", "resid_mlp", "head")
-SCHEDULES = ("constant", "early", "late", "linear", "val_plateau")
+from dropsample.schema import SITES, VARIANTS, DropoutConfig, ScheduleConfig
 
 
 @dataclass
-class DropoutConfig:
-    """Base rates per site and variant; a schedule multiplies all of them."""
+class DropoutRates:
+    """Resolved rates per site and variant (what a model is built with and a checkpoint records);
+    a schedule multiplies all of them."""
 
     embd: float = 0.0
     attn: float = 0.0
@@ -52,15 +51,14 @@ class DropoutConfig:
 
     def rates(self) -> dict[str, float]:
         """Every rate by name, variants included (what metrics.jsonl records)."""
-        names = SITES + ("word", "drop_head", "drop_path")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in SITES + VARIANTS}
 
-    def scaled(self, factor: float) -> "DropoutConfig":
+    def scaled(self, factor: float) -> "DropoutRates":
         values = asdict(self)
         for name in self.rates():
             values[name] = getattr(self, name) * factor
         values["locked"] = tuple(self.locked)
-        return DropoutConfig(**values)
+        return DropoutRates(**values)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,32 +66,28 @@ class DropoutConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DropoutConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+    def from_dict(cls, d: dict) -> "DropoutRates":
+        """Strict: a key this version does not know means the file is not one of ours."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown dropout keys {sorted(unknown)}")
+        d = dict(d)
         d["locked"] = tuple(d.get("locked", ()))
         return cls(**d)
 
 
-def resolve_rates(cfg: dict) -> DropoutConfig:
+def resolve_rates(cfg: DropoutConfig) -> DropoutRates:
     """Turn the `dropout` config group (shorthand `rate` + `sites`) into per-site rates.
 
     A site's own number wins; null means "`rate` if the site is listed in `sites`, else 0".
     """
-    shorthand = cfg.get("rate") or 0.0
-    listed = set(cfg.get("sites") or ())
+    listed = set(cfg.sites)
     rates = {}
     for site in SITES:
-        value = cfg.get(site)
-        rates[site] = float(value) if value is not None else (float(shorthand) if site in listed else 0.0)
-    return DropoutConfig(
-        **rates,
-        locked=tuple(cfg.get("locked") or ()),
-        word=float(cfg.get("word") or 0.0),
-        drop_head=float(cfg.get("drop_head") or 0.0),
-        drop_path=float(cfg.get("drop_path") or 0.0),
-        drop_path_by_depth=bool(cfg.get("drop_path_by_depth", True)),
-    )
+        value = getattr(cfg, site)
+        rates[site] = float(value) if value is not None else (float(cfg.rate) if site in listed else 0.0)
+    return DropoutRates(**rates, locked=tuple(cfg.locked), word=cfg.word, drop_head=cfg.drop_head,
+                        drop_path=cfg.drop_path, drop_path_by_depth=cfg.drop_path_by_depth)
 
 
 # ---------------------------------------------------------------------------
@@ -202,26 +196,6 @@ def set_mc_dropout(model: nn.Module, active: bool) -> None:
 
 # ---------------------------------------------------------------------------
 # Schedules: a factor in [0, 1] multiplying every configured rate.
-
-
-@dataclass
-class ScheduleConfig:
-    kind: str = "constant"
-    start: float = 0.0
-    end: float = 0.25
-    start_step: int | None = None
-    end_step: int | None = None
-    early_decay: str = "hold"
-    from_factor: float = 1.0
-    to_factor: float = 0.0
-    plateau_factor: float = 0.5
-    plateau_threshold: float = 0.01
-    plateau_min_factor: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "ScheduleConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in known})
 
 
 @dataclass

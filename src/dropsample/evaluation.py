@@ -8,10 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dropsample import checkpoint
+from dropsample import data as data_mod
+from dropsample.device import pick_device
 from dropsample.dropout import set_mc_dropout
 from dropsample.errors import UserError
-from dropsample.runs import RunFolder, read_json, write_json_atomic
+from dropsample.runs import RunFolder
 
 
 @torch.inference_mode()
@@ -50,19 +51,13 @@ def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches:
     from rich.console import Console
     from rich.table import Table
 
-    from dropsample import data as data_mod
-    from dropsample.training import pick_device
-
     if which not in ("best", "last"):
         raise UserError(f"--checkpoint {which!r}: use best or last")
     if mc_samples < 0 or max_batches < 0:
         raise UserError("--mc-samples and --batches must be >= 0")
     run = RunFolder(run_dir)
     cfg = run.config()
-    found = checkpoint.resolve(run.checkpoint(which))
-    if found is None:
-        raise UserError(f"{run_dir} has no checkpoints/{which}; train it first or use --checkpoint last")
-    ckpt = checkpoint.load(found)
+    ckpt = run.load_checkpoint(which)
     model = ckpt.load_model(pick_device(cfg.train.device)).eval()
     splits = data_mod.prepare(cfg.data, log=lambda *a: None).splits
     char_level = cfg.data.tokenizer == "char"
@@ -81,10 +76,7 @@ def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches:
         results[role] = row
     record = {"checkpoint": which, "step": ckpt.state["step"], "mc_samples": mc_samples,
               "max_batches": max_batches, "splits": results}
-    path = run.path / "eval.json"
-    history = read_json(path) if path.is_file() else {}
-    history[f"{which}@{ckpt.state['step']}" + (f"+mc{mc_samples}" if mc_samples else "")] = record
-    write_json_atomic(path, history)
+    run.write_eval(f"{which}@{ckpt.state['step']}" + (f"+mc{mc_samples}" if mc_samples else ""), record)
     run.update_summary(eval=record)
     table = Table(title=f"{run.path.name}: {which} checkpoint (step {ckpt.state['step']})")
     columns = sorted({k for r in results.values() for k in r})

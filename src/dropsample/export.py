@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from dropsample import checkpoint
 from dropsample import tokenizer as toks
-from dropsample.errors import UserError
+from dropsample.errors import DamagedFile, UserError
 from dropsample.runs import RunFolder
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -61,16 +61,21 @@ def write_hf_model(model, out_dir: Path, eos_id: int | None = None) -> None:
 def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> Path:
     run = RunFolder(run_dir)
     run.config()  # a clear error when run_dir is not a run
-    found = checkpoint.resolve(run.checkpoint(which))
-    if found is None:
-        raise UserError(f"{run_dir} has no checkpoints/{which}; use --checkpoint last or train first")
+    if which not in ("best", "last"):
+        raise UserError(f"--checkpoint {which!r}: use best or last")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir} is not empty; choose a new folder")
-    ckpt = checkpoint.load(found)
-    tok = toks.load(found / "tokenizer.json")
+    ckpt = run.load_checkpoint(which)
+    found = ckpt.folder
+    model = ckpt.load_model("cpu")  # damaged weights fail here, before anything is written
+    try:
+        tok = toks.load(found / "tokenizer.json")
+    except Exception as exc:  # tokenizers raises its own Exception subclass
+        raise DamagedFile(found / "tokenizer.json", f"not a tokenizer ({str(exc)[:80]})",
+                          f"use --checkpoint {'last' if which == 'best' else 'best'}") from None
     eos_id = toks.end_of_text_id(tok)
-    write_hf_model(ckpt.load_model("cpu"), out_dir, eos_id)
+    write_hf_model(model, out_dir, eos_id)
     shutil.copyfile(found / "tokenizer.json", out_dir / "tokenizer.json")
     special = {"eos_token": toks.END_OF_TEXT} if eos_id is not None else {"unk_token": toks.UNK}
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": ckpt.model_config.block_size,

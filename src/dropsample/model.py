@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dropsample.dropout import (
-    DropoutConfig,
+    DropoutRates,
     SiteDropout,
     drop_path_rates,
     inverted_dropout,
@@ -33,7 +33,7 @@ class GPTConfig:
     n_layer: int
     n_head: int
     n_embd: int
-    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    dropout: DropoutRates = field(default_factory=DropoutRates)
 
     def to_dict(self) -> dict:
         return {
@@ -47,8 +47,15 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        """Strict (checkpoint config.json): unknown or missing keys raise ValueError."""
         d = dict(d)
-        d["dropout"] = DropoutConfig.from_dict(d.get("dropout", {}))
+        known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"}
+        if set(d) - known or not {"vocab_size", "block_size", "n_layer", "n_head", "n_embd"} <= set(d):
+            raise ValueError(f"model config keys {sorted(d)} are not {sorted(known)}")
+        for key in known - {"dropout"}:
+            if not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] <= 0:
+                raise ValueError(f"model config {key}={d[key]!r} is not a positive integer")
+        d["dropout"] = DropoutRates.from_dict(d.get("dropout", {}))
         return cls(**d)
 
 
@@ -221,7 +228,7 @@ class GPT(nn.Module):
         """Unique parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
-    def set_dropout(self, d: DropoutConfig) -> None:
+    def set_dropout(self, d: DropoutRates) -> None:
         """Apply new rates in place (schedules); the placement (locked sites) is fixed at build time."""
         t = self.transformer
         t.drop.p, t.head_drop.p, self.word_drop = d.embd, d.head, d.word

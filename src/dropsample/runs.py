@@ -1,13 +1,19 @@
 """The run folder: the one record every later command (sample, eval, report) reads.
 
-    runs/<experiment_name>/<date>_<time>_<name>/
+    runs/<experiment_name>/<date>_<time>_<name>/     (sweeps: <date>_<time>_sweep/job<N>/)
         .hydra/              config.yaml (resolved), overrides.yaml, hydra.yaml
-        metrics.jsonl        one line per evaluation
-        summary.json         status and headline figures (rewritten atomically)
-        tokenizer.json
+        summary.json         status and headline figures (Summary below; rewritten atomically)
+        metrics.jsonl        one line per evaluation (METRICS_ROW below)
         train.log
-        checkpoints/{best,last}/
-        samples/<name>/      written by `dropsample sample`
+        tokenizer.json
+        checkpoints/{best,last}/   see checkpoint.py
+        samples/<name>/      written by `dropsample sample`: <sampler>.jsonl, reference.jsonl, metrics.json
+        eval.json            `dropsample eval` results by checkpoint
+        attempts/<n>/        an earlier failed attempt of this job, moved aside by a rerun
+
+`RunFolder` owns every path above and every read and write of these files. A file that
+exists but cannot be read raises DamagedFile: one line naming the file, what is wrong,
+and the way out. Nothing here unpickles anything.
 
 summary.json's `status` is `running` while training (and sampling), then `completed`,
 `failed`, `diverged` or `interrupted` (`skipped` in a sweep rerun); a run never says
@@ -16,98 +22,306 @@ summary.json's `status` is `running` while training (and sampling), then `comple
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
-from dropsample.errors import UserError
+from dropsample.errors import DamagedFile, UserError
 
-# keys that name or place a run but do not change its results
-NON_RESULT_KEYS = ("name", "runs_root", "experiment_name", "hydra")
-NON_RESULT_TRAIN_KEYS = ("jobs_per_gpu", "log_interval", "device")
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "skipped")
+FINISHED = ("completed", "skipped")  # a sweep counts these as done
 
 
 def write_json_atomic(path: Path, data) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path, fix: str, kind: type = dict):
+    """JSON that must exist and be a `kind`; anything else is DamagedFile with `fix`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise DamagedFile(path, "not UTF-8 text", fix) from None
+    except json.JSONDecodeError as exc:
+        raise DamagedFile(path, f"invalid JSON at line {exc.lineno}", fix) from None
+    except IsADirectoryError:
+        raise DamagedFile(path, "a folder where a file should be", fix) from None
+    if not isinstance(data, kind):
+        raise DamagedFile(path, f"holds a {type(data).__name__}, not a {kind.__name__}", fix) from None
+    return data
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """Identity of a configuration's results: the resolved config minus names and places."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for key in NON_RESULT_KEYS:
-        data.pop(key, None)
-    for key in NON_RESULT_TRAIN_KEYS:
-        data.get("train", {}).pop(key, None)
-    data.get("data", {}).pop("cache_dir", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+# ---------------------------------------------------------------------------
+# summary.json: which fields exist and which stage writes them
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class Summary:
+    # the task wrapper (task.py)
+    status: Optional[str] = None  # one of STATUSES
+    error: Optional[str] = None  # why a run did not complete
+    stage: Optional[str] = None  # "sampling" while `train` samples
+    same_as: Optional[str] = None  # skipped: the run folder that completed this configuration
+    attempts: Optional[int] = None  # earlier attempts moved to attempts/
+    # training, at its start
+    config_hash: Optional[str] = None  # schema.config_hash: the configuration's identity
+    experiment: Optional[str] = None
+    name: Optional[str] = None
+    data: Optional[dict] = None  # corpus, tokenizer, vocab_size, sources, tokens per split
+    dropout: Optional[dict] = None  # resolved base rate per site and variant
+    dropout_schedule: Optional[str] = None
+    params: Optional[int] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    torch_version: Optional[str] = None
+    cpu_threads: Optional[int] = None
+    # training, at its end (also after divergence or interruption)
+    steps: Optional[int] = None
+    best_val_loss: Optional[float] = None
+    best_val_ppl: Optional[float] = None
+    best_step: Optional[int] = None
+    final_train_loss: Optional[float] = None
+    final_val_loss: Optional[float] = None
+    final_train_ppl: Optional[float] = None
+    final_val_ppl: Optional[float] = None
+    final_val_bpc: Optional[float] = None  # character level
+    gap: Optional[float] = None
+    ppl_ratio: Optional[float] = None
+    tokens_seen: Optional[int] = None
+    tokens_per_sec: Optional[float] = None
+    wall_seconds: Optional[float] = None
+    # `dropsample sample`
+    samples: Optional[dict] = None  # name -> {path, headline per sampler, reference}
+    latest_samples: Optional[str] = None
+    # `dropsample eval`
+    eval: Optional[dict] = None
+    # keys written by a newer dropsample: kept as they are when this one rewrites the file
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path, fix: str) -> "Summary":
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        values, extra = {}, {}
+        for key, value in data.items():
+            if key not in known:
+                extra[key] = value
+                continue
+            kind = known[key].type.removeprefix("Optional[").removesuffix("]")
+            ok = value is None or {
+                "str": isinstance(value, str), "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": _number(value), "dict": isinstance(value, dict),
+            }.get(kind, True)
+            if not ok:
+                raise DamagedFile(path, f"{key} is {value!r}, not a {kind}", fix)
+            values[key] = value
+        if values.get("status") is not None and values["status"] not in STATUSES:
+            raise DamagedFile(path, f"status {values['status']!r} is none of {', '.join(STATUSES)}", fix)
+        return cls(**values, extra=extra)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        extra = data.pop("extra")
+        return {**{k: v for k, v in data.items()}, **extra}
+
+    @staticmethod
+    def check_fields(names) -> None:
+        unknown = set(names) - {f.name for f in fields(Summary)} | ({"extra"} & set(names))
+        if unknown:
+            raise KeyError(f"summary.json has no field {sorted(unknown)}; declare it in runs.Summary")
+
+
+# metrics.jsonl: one row per evaluation, written by training, read by resume and the report
+METRICS_ROW = (
+    "step", "tokens", "train_loss", "val_loss", "train_ppl", "val_ppl", "gap", "lr",
+    "dropout_factor", "dropout", "tokens_per_sec", "elapsed_sec",
+)  # + train_bpc, val_bpc at character level
+
+
+# ---------------------------------------------------------------------------
 
 
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    # files
+    # -- paths ---------------------------------------------------------------
     @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+    def config_path(self) -> Path:
+        return self.path / ".hydra" / "config.yaml"
+
+    @property
+    def overrides_path(self) -> Path:
+        return self.path / ".hydra" / "overrides.yaml"
 
     @property
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
     @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path / "tokenizer.json"
 
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
     def checkpoint(self, which: str) -> Path:
-        return self.path / "checkpoints" / which
+        return self.checkpoints_dir / which
 
-    def config(self) -> DictConfig:
-        path = self.path / ".hydra" / "config.yaml"
-        if not path.is_file():
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    def samples(self, name: str) -> Path:
+        return self.samples_dir / name
+
+    @property
+    def attempts_dir(self) -> Path:
+        return self.path / "attempts"
+
+    @contextmanager
+    def logging_to_file(self):
+        """Outside Hydra (resume, sample): log INFO to the console and append to train.log."""
+        root = logging.getLogger()
+        previous = root.level
+        root.setLevel(logging.INFO)
+        handler = logging.FileHandler(self.log_path)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+            root.setLevel(previous)
+
+    def is_run(self) -> bool:
+        return self.config_path.is_file()
+
+    def has_started(self) -> bool:
+        """Anything that makes this folder a run's record (a job that never started has none)."""
+        return self.summary_path.exists() or self.checkpoints_dir.exists()
+
+    # -- config --------------------------------------------------------------
+    def raw_config(self) -> dict:
+        """The saved config as written (plain data; report grouping and old runs)."""
+        if not self.config_path.is_file():
             raise UserError(f"{self.path} is not a dropsample run folder (no .hydra/config.yaml); pass a run folder")
-        return OmegaConf.load(path)
+        fix = "restore it, or delete the run folder and train again"
+        try:
+            data = yaml.safe_load(self.config_path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            raise DamagedFile(self.config_path, "unparsable YAML" + (f" near line {line + 1}" if line is not None
+                                                                    else ""), fix) from None
+        if not isinstance(data, dict):
+            raise DamagedFile(self.config_path, "not a mapping of config keys", fix)
+        return data
 
-    # summary
-    def summary(self) -> dict:
-        return read_json(self.summary_path) if self.summary_path.is_file() else {}
+    def config(self):
+        """The run's config, typed and checked against the schema."""
+        from dropsample.config import validate
 
-    def update_summary(self, **fields) -> dict:
+        raw = self.raw_config()
+        try:
+            return validate(raw)
+        except UserError as err:
+            raise DamagedFile(self.config_path, f"not a valid config: {err}",
+                              "restore it, or delete the run folder and train again") from None
+
+    def overrides(self) -> list[str]:
+        if not self.overrides_path.is_file():
+            return []
+        try:
+            data = yaml.safe_load(self.overrides_path.read_text()) or []
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return []  # only shown in `status`: never worth stopping for
+        return [str(x) for x in data] if isinstance(data, list) else []
+
+    # -- summary -------------------------------------------------------------
+    SUMMARY_FIX = "delete the run folder and rerun its job (a sweep rerun into the same folder does that)"
+
+    def summary(self) -> Summary:
+        if not self.summary_path.exists():
+            return Summary()
+        return Summary.from_json(read_json(self.summary_path, self.SUMMARY_FIX), self.summary_path, self.SUMMARY_FIX)
+
+    def update_summary(self, **fields) -> Summary:
+        """Set these fields (declared in Summary) and rewrite summary.json atomically."""
+        Summary.check_fields(fields)
         summary = self.summary()
-        summary.update(fields)
-        write_json_atomic(self.summary_path, summary)
+        for key, value in fields.items():
+            setattr(summary, key, value)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.summary_path, summary.to_json())
         return summary
 
-    # metrics
+    # -- metrics.jsonl -------------------------------------------------------
     def append_metrics(self, row: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
     def metrics(self) -> list[dict]:
+        """Evaluation rows. A last line cut by a kill is dropped; damage before the end is an error."""
         if not self.metrics_path.is_file():
             return []
+        fix = "delete the run folder and rerun its job, or resume it: dropsample train --resume " + str(self.path)
+        try:
+            lines = self.metrics_path.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise DamagedFile(self.metrics_path, "not UTF-8 text", fix) from None
         rows = []
-        for line in self.metrics_path.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything after it is not trustworthy
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                    raise ValueError
+            except ValueError:
+                if number == len(lines):
+                    break  # the line a killed process was writing
+                raise DamagedFile(self.metrics_path, f"line {number} is not a metrics row", fix) from None
+            for key in ("train_loss", "val_loss", "gap", "train_ppl", "val_ppl"):
+                if key in row and not (_number(row[key]) or row[key] is None):
+                    raise DamagedFile(self.metrics_path, f"line {number}: {key} is {row[key]!r}", fix)
+            rows.append(row)
         return rows
 
     def truncate_metrics(self, last_step: int) -> None:
@@ -118,16 +332,68 @@ class RunFolder:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(tmp, self.metrics_path)
 
+    # -- checkpoints ---------------------------------------------------------
+    def load_checkpoint(self, which: str, fix: str | None = None):
+        """checkpoints/<which>, verified (see checkpoint.load); missing -> UserError, damaged -> DamagedFile."""
+        from dropsample import checkpoint
+
+        folder = checkpoint.resolve(self.checkpoint(which))
+        if fix is None:
+            other = "last" if which == "best" else "best"
+            fix = f"use the {other} checkpoint (--checkpoint {other}, or gen.checkpoint={other} for sample)"
+        if folder is None:
+            raise UserError(f"{self.path} has no checkpoints/{which}; train it first or use the "
+                            f"{'last' if which == 'best' else 'best'} checkpoint")
+        try:
+            return checkpoint.load(folder)
+        except checkpoint.CheckpointError as exc:
+            raise DamagedFile(exc.path, exc.problem, fix) from None
+
+    # -- samples and eval ----------------------------------------------------
+    def sample_metrics(self, name: str) -> dict | None:
+        path = self.samples(name) / "metrics.json"
+        if not path.is_file():
+            return None
+        return read_json(path, f"delete {path.parent} and sample again: dropsample sample {self.path}")
+
+    def eval_history(self) -> dict:
+        if not self.eval_path.exists():
+            return {}
+        return read_json(self.eval_path, f"delete {self.eval_path}; `dropsample eval` writes it again")
+
+    def write_eval(self, key: str, record: dict) -> None:
+        history = self.eval_history()
+        history[key] = record
+        write_json_atomic(self.eval_path, history)
+
+    # -- attempts ------------------------------------------------------------
+    def archive_attempt(self) -> Path:
+        """Move an earlier attempt's results to attempts/<n>/ so a rerun starts clean (train.log stays)."""
+        n = 1 + sum(1 for _ in self.attempts_dir.glob("*")) if self.attempts_dir.is_dir() else 1
+        target = self.attempts_dir / str(n)
+        target.mkdir(parents=True)
+        for path in (self.summary_path, self.metrics_path, self.checkpoints_dir, self.samples_dir, self.eval_path,
+                     self.tokenizer_path):
+            if path.exists():
+                shutil.move(str(path), target / path.name)
+        return target
+
+
+def finite(value) -> float | None:
+    """A JSON-safe float: None for NaN and infinities."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
 
 def find_runs(paths: list[Path]) -> list[Path]:
     """Run folders at or below each path (a run, a sweep, an experiment folder)."""
     found = []
     for path in paths:
         path = Path(path)
-        if (path / ".hydra" / "config.yaml").is_file():
+        if RunFolder(path).is_run():
             found.append(path)
             continue
-        found.extend(sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml") if "samples" not in p.parts))
+        found.extend(sorted(p.parent.parent for p in path.rglob(".hydra/config.yaml")
+                            if "samples" not in p.parts and "attempts" not in p.parts))
     seen, unique = set(), []
     for p in found:
         if p.resolve() not in seen:

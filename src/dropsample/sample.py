@@ -15,28 +15,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from dropsample import checkpoint, metrics
+from dropsample import data as data_mod
+from dropsample import metrics
 from dropsample import tokenizer as toks
+from dropsample.config import check_prompt_span, resolve_samplers, validate
+from dropsample.decoding.search import Request, generate, score
+from dropsample.device import pick_device
 from dropsample.dropout import set_mc_dropout
-from dropsample.errors import UserError
-from dropsample.generation import Request, generate, score
+from dropsample.errors import DamagedFile, UserError
 from dropsample.runs import RunFolder, write_json_atomic
-from dropsample.sampling import Sampler, resolve_samplers
+from dropsample.schema import Config, GenConfig, Sampler, SamplerSettings, to_dict
 
 log = logging.getLogger("dropsample")
 HEADLINE = ("distinct_4", "self_bleu_4", "seq_rep_4", "repetition", "gen_ppl", "mean_entropy", "mean_length")
 
 
-def build_prompts(cfg: DictConfig, gen, tok, prompt: str | None) -> tuple[list[list[int]], list[list[int]] | None, str]:
+def build_prompts(cfg: Config, gen: GenConfig, tok, prompt: str | None) -> tuple[list[list[int]], list[list[int]] | None, str]:
     """(prompts, reference continuations or None, description)."""
-    if prompt is not None or gen.get("prompt") is not None:
+    if prompt is not None or gen.prompt is not None:
         ids = toks.encode_prompt(tok, prompt if prompt is not None else gen.prompt)
         if not ids:
             raise UserError("--prompt is empty; give some text or leave it out to use validation prefixes")
         return [ids] * gen.num_samples, None, "one prompt for every sample"
-    if gen.get("prompt_file"):
+    if gen.prompt_file:
         path = Path(str(gen.prompt_file)).expanduser()
         if not path.is_file():
             raise UserError(f"gen.prompt_file: {path} does not exist; give a file with one prompt per line")
@@ -45,10 +48,6 @@ def build_prompts(cfg: DictConfig, gen, tok, prompt: str | None) -> tuple[list[l
             raise UserError(f"gen.prompt_file: {path} has no prompts; put one prompt per line")
         prompts = [toks.encode_prompt(tok, lines[i % len(lines)]) for i in range(gen.num_samples)]
         return prompts, None, f"prompts from {path.name}, cycled"
-    from dropsample import data as data_mod
-
-    from dropsample.config import check_prompt_span
-
     val = data_mod.prepare(cfg.data, log=log.debug).splits["val"]
     check_prompt_span(gen, len(val))
     span = gen.prompt_tokens + gen.max_new_tokens
@@ -66,7 +65,7 @@ def _generate_all(model, sampler: Sampler, prompts, gen, eos_id, decode) -> list
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
-    mc = bool(sampler.settings.get("mc_dropout"))
+    mc = sampler.settings.mc_dropout
     set_mc_dropout(model, mc)
     if mc:
         torch.manual_seed(gen.seed)  # dropout masks come from the global generator
@@ -98,27 +97,22 @@ def sample_run(
     run_dir: Path,
     *,
     samplers,
-    gen,
+    gen: GenConfig,
     device: str | None = None,
     name: str | None = None,
     prompt: str | None = None,
 ) -> Path:
-    from dropsample.training import pick_device
-
     run = RunFolder(run_dir)
     cfg = run.config()
     chosen = resolve_samplers(samplers)
-    if gen.get("mc_dropout"):
-        chosen.append(Sampler("mc_dropout_greedy", {"strategy": "greedy", "mc_dropout": True}))
-    found = checkpoint.resolve(run.checkpoint(gen.checkpoint))
-    if found is None:
-        raise UserError(f"{run_dir} has no checkpoints/{gen.checkpoint}; train it first or use gen.checkpoint=last")
-    ckpt = checkpoint.load(found)
+    if gen.mc_dropout:
+        chosen.append(Sampler("mc_dropout_greedy", SamplerSettings(strategy="greedy", mc_dropout=True)))
+    ckpt = run.load_checkpoint(gen.checkpoint)
     dev = pick_device(device or cfg.train.device)
     model = ckpt.load_model(dev).eval()
-    tok = toks.load(ckpt.folder / "tokenizer.json")
-    name = name or gen.get("name") or time.strftime("%Y-%m-%d_%H-%M-%S")
-    out_dir = run.path / "samples" / name
+    tok = _tokenizer(ckpt.folder / "tokenizer.json", gen.checkpoint)
+    name = name or gen.name or time.strftime("%Y-%m-%d_%H-%M-%S")
+    out_dir = run.samples(name)
     if out_dir.exists():
         raise UserError(f"{out_dir} already exists; pass another --name (earlier results are kept)")
     prompts, refs, prompt_source = build_prompts(cfg, gen, tok, prompt)
@@ -135,7 +129,7 @@ def sample_run(
         with open(out_dir / f"{_file_name(sampler.name)}.jsonl", "w") as f:
             for i, (p, c) in enumerate(zip(prompts, completions)):
                 row = {"index": i, "prompt": decode(p), "completion": decode(c), "completion_ids": c,
-                       "seed": gen.seed + i, "sampler": sampler.name, "settings": sampler.settings}
+                       "seed": gen.seed + i, "sampler": sampler.name, "settings": sampler.settings.changed()}
                 f.write(json.dumps(row) + "\n")
         log.info("sampled %s: distinct-4 %s, gen-ppl %s", sampler.name,
                  _fmt(results[sampler.name]["distinct_4"]), _fmt(results[sampler.name]["gen_ppl"]))
@@ -149,14 +143,13 @@ def sample_run(
         "checkpoint": {"which": gen.checkpoint, "step": ckpt.state["step"], "val_loss": ckpt.state.get("val_loss")},
         "tokenizer": toks.kind_of(tok),
         "prompts": prompt_source,
-        "gen": OmegaConf.to_container(gen, resolve=True) if OmegaConf.is_config(gen) else dict(gen),
+        "gen": to_dict(gen),
         "samplers": results,
         "reference": reference,
-        "settings": {s.name: s.settings for s in chosen},
+        "settings": {s.name: to_dict(s.settings) for s in chosen},
     }
     write_json_atomic(out_dir / "metrics.json", report)
-    summary = run.summary()
-    samples = summary.get("samples", {})
+    samples = run.summary().samples or {}
     samples[name] = {
         "path": str(out_dir.relative_to(run.path)),
         "headline": {k: {m: v.get(m) for m in HEADLINE} for k, v in results.items()},
@@ -201,15 +194,21 @@ def print_table(report: dict, title: str) -> None:
     console.print(table)
 
 
+def _tokenizer(path: Path, which: str):
+    try:
+        return toks.load(path)
+    except Exception as exc:  # tokenizers raises its own Exception subclass
+        raise DamagedFile(path, f"not a tokenizer ({str(exc).splitlines()[0][:80]})",
+                          f"use the other checkpoint (gen.checkpoint={'last' if which == 'best' else 'best'})") from None
+
+
 def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, prompt: str | None) -> Path:
     """Apply `gen.*` and `samplers=` overrides to the run's own settings, then sample."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from dropsample.config import validate
-    from dropsample.experiment import log_to_run_folder
-
     run = RunFolder(run_dir)
-    cfg = run.config()
+    raw = OmegaConf.create(run.raw_config())
+    run.config()  # a damaged config shows here, before the overrides
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
@@ -218,9 +217,7 @@ def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, pro
         key = o.key_or_group
         if not (key == "samplers" or key.startswith("gen.")):
             raise UserError(f"{key}: sample takes only gen.* and samplers overrides; retrain to change {key}")
-        if key.startswith("gen.") and key[4:] not in cfg.gen:
-            raise UserError(f"{key}: unknown key; gen takes {', '.join(cfg.gen.keys())}")
-        OmegaConf.update(cfg, key, o.value(), merge=False)
-    validate(cfg)
-    log_to_run_folder(run.path)
-    return sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, name=name, prompt=prompt)
+        OmegaConf.update(raw, key, o.value(), merge=False, force_add=True)
+    cfg = validate(raw)
+    with run.logging_to_file():
+        return sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, name=name, prompt=prompt)

@@ -7,37 +7,41 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from dropsample.runs import RunFolder, find_runs, read_json, write_json_atomic
+from dropsample.errors import UserError
+from dropsample.runs import FINISHED, RunFolder, find_runs, read_json, write_json_atomic
+from dropsample.schema import Config
 
 log = logging.getLogger("dropsample")
+SWEEP_SUMMARY = "sweep_summary.json"
 
 
-def find_completed(cfg: DictConfig, digest: str, exclude: Path | None = None) -> Path | None:
+def find_completed(cfg: Config, digest: str, exclude: Path | None = None) -> Path | None:
     """A completed run of the same configuration anywhere under runs_root/experiment_name."""
     root = Path(cfg.runs_root) / cfg.experiment_name
     if not root.is_dir():
         return None
     for summary_path in root.rglob("summary.json"):
         run_dir = summary_path.parent
-        if exclude is not None and run_dir.resolve() == Path(exclude).resolve():
+        if "attempts" in run_dir.parts or (exclude is not None and run_dir.resolve() == Path(exclude).resolve()):
             continue
         try:
-            summary = read_json(summary_path)
-        except (OSError, ValueError):
+            summary = RunFolder(run_dir).summary()
+        except UserError:  # a damaged summary elsewhere is no reason to stop this job
             continue
-        if summary.get("config_hash") == digest and summary.get("status") == "completed":
+        if summary.config_hash == digest and summary.status == "completed":
             return run_dir
     return None
 
 
 @contextmanager
-def device_slot(cfg: DictConfig):
+def device_slot(cfg: Config):
     """Yield the device for this job. With several GPUs and train.device=auto, hold an
     exclusive slot on one GPU (file locks under runs_root/.gpu-slots) so concurrent sweep
     jobs never share a GPU beyond `train.jobs_per_gpu`."""
@@ -55,8 +59,6 @@ def device_slot(cfg: DictConfig):
 @contextmanager
 def gpu_slot(lock_dir: Path, n_gpus: int, per_gpu: int, poll_seconds: float = 2.0):
     """Block until one of n_gpus * per_gpu slots is free; yield its GPU index."""
-    import time
-
     lock_dir.mkdir(parents=True, exist_ok=True)
     while True:
         # fill GPUs breadth-first: slot 0 of every GPU before slot 1 of any
@@ -84,7 +86,6 @@ def expand_jobs(sweeper_params, overrides: list[str]) -> list[list[str]]:
     config (hydra.sweeper.params) first, then the command line's overrides."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     params = OmegaConf.to_container(sweeper_params) if sweeper_params else {}
     lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
@@ -97,30 +98,34 @@ def expected_jobs(sweep_dir: Path) -> int | None:
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return None
-    from omegaconf import OmegaConf
-
-    hydra_cfg = OmegaConf.load(path).hydra
     try:
+        hydra_cfg = OmegaConf.load(path).hydra
         return len(expand_jobs(hydra_cfg.sweeper.get("params"), hydra_cfg.overrides.task))
-    except Exception:  # an override this version of Hydra cannot parse: show what exists
+    except Exception:  # damaged, or an override this Hydra cannot parse: show what exists
         return None
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict]:
+    """One row per job folder; a job whose summary.json is damaged shows as `damaged`."""
     rows = []
     for run_dir in find_runs([sweep_dir]):
-        summary = RunFolder(run_dir).summary()
-        overrides_path = run_dir / ".hydra" / "overrides.yaml"
-        overrides = overrides_path.read_text().strip().splitlines() if overrides_path.is_file() else []
-        rows.append({
-            "run": str(run_dir),
-            "overrides": " ".join(line.lstrip("- ").strip() for line in overrides),
-            "status": summary.get("status", "not started"),
-            "error": summary.get("error"),
-            "best_val_ppl": summary.get("best_val_ppl"),
-            "same_as": summary.get("same_as"),
-        })
+        run = RunFolder(run_dir)
+        row = {"run": str(run_dir), "overrides": " ".join(run.overrides())}
+        try:
+            summary = run.summary()
+            row.update(status=summary.status or "not started", error=summary.error,
+                       best_val_ppl=summary.best_val_ppl, same_as=summary.same_as)
+        except UserError as err:
+            row.update(status="damaged", error=str(err), best_val_ppl=None, same_as=None)
+        rows.append(row)
     return rows
+
+
+def read_sweep_summary(sweep_dir: Path) -> dict | None:
+    path = Path(sweep_dir) / SWEEP_SUMMARY
+    if not path.is_file():
+        return None
+    return read_json(path, "delete it; rerunning the sweep writes it again")
 
 
 def varying_overrides(rows: list[dict]) -> list[str]:
@@ -151,23 +156,19 @@ def status_table(rows: list[dict], title: str, expected: int | None = None):
     return table
 
 
-# set by SweepSummary in the launching process, read by the CLI for its exit code
-LAST_SWEEP: dict = {}
-
-
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, write sweep_summary.json and print the table."""
+    """Hydra callback: at the end of a multirun, write sweep_summary.json and print the table.
+    The CLI reads the file back for its exit code."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         rows = sweep_rows(sweep_dir)
-        write_json_atomic(sweep_dir / "sweep_summary.json", {"jobs": rows})
+        failed = [r for r in rows if r["status"] not in FINISHED]
+        write_json_atomic(sweep_dir / SWEEP_SUMMARY, {"jobs": rows, "failed": len(failed), "total": len(rows)})
         from rich.console import Console
 
         Console(stderr=True).print(status_table(rows, f"sweep {sweep_dir}"))
-        failed = [r for r in rows if r["status"] not in ("completed", "skipped")]
-        LAST_SWEEP.update(dir=str(sweep_dir), jobs=len(rows), failed=len(failed))
         if failed:
-            log.warning("%d of %d jobs did not complete; see %s", len(failed), len(rows), sweep_dir / "sweep_summary.json")
+            log.warning("%d of %d jobs did not complete; see %s", len(failed), len(rows), sweep_dir / SWEEP_SUMMARY)

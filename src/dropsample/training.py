@@ -1,11 +1,13 @@
 """The training loop: config -> data -> model -> optimizer -> run folder.
 
-Evaluation happens at step 0, every `eval_interval` steps and at the end: train
-and val loss in eval mode (no dropout) on `eval_iters` batches each, drawn with the
-fixed `eval_seed`, so the gap (val - train) compares across steps and runs. Each
-evaluation also saves `checkpoints/last` (and `best` when val improved): a resumed
-run restores weights, optimizer moments, RNG states, data position and schedule
-state, and continues exactly as if it had never stopped.
+    train(cfg, run_dir) = build -> (restore) -> loop -> finish
+
+Evaluation happens at step 0, every `eval_interval` steps and at the end: train and val
+loss in eval mode (no dropout) on `eval_iters` batches each, drawn with the fixed
+`eval_seed`, so the gap (val - train) compares across steps and runs. Each evaluation also
+saves `checkpoints/last` (and `best` when val improved). Everything a resumed run needs
+is one TrainState (saved whole in state.json) plus tensors (weights, AdamW moments, RNG
+states), so a resumed run continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -14,21 +16,23 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from dropsample import checkpoint as ckpt
 from dropsample import data as data_mod
-from dropsample.config import validate, validate_with_data
-from dropsample.dropout import DropoutSchedule, ScheduleConfig, resolve_rates
+from dropsample.config import validate_with_data
+from dropsample.device import autocast, pick_device, pick_dtype
+from dropsample.errors import DamagedFile
+from dropsample.dropout import DropoutRates, DropoutSchedule, resolve_rates
 from dropsample.model import GPT, GPTConfig
-from dropsample.runs import RunFolder, config_hash
+from dropsample.runs import RunFolder, Summary, finite
+from dropsample.schema import Config, TrainConfig, config_hash
 
 log = logging.getLogger("dropsample")
 
@@ -41,25 +45,7 @@ class Interrupted(Exception):
     pass
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def lr_at(step: int, t) -> float:
+def lr_at(step: int, t: TrainConfig) -> float:
     """Linear warm-up to lr, then cosine decay to min_lr at lr_decay_iters (nanoGPT's schedule)."""
     decay_iters = t.lr_decay_iters or t.max_iters
     if step < t.warmup_iters:
@@ -70,7 +56,7 @@ def lr_at(step: int, t) -> float:
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.lr - t.min_lr)
 
 
-def make_optimizer(model: GPT, t, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings (dim >= 2), none on biases and LayerNorms."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -100,7 +86,7 @@ class Batches:
 
 
 @torch.inference_mode()
-def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg, device, autocast) -> dict[str, float]:
+def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, device, amp) -> dict[str, float]:
     """Mean loss over eval_iters fixed batches per split, in eval mode."""
     was_training = model.training
     model.eval()
@@ -110,7 +96,7 @@ def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg, device, auto
         losses = []
         for _ in range(cfg.train.eval_iters):
             x, y = batches.next()
-            with autocast:
+            with amp:
                 _, loss = model(x, y)
             losses.append(loss.item())
         out[role] = float(np.mean(losses))
@@ -150,6 +136,40 @@ class Progress:
             self.bar.stop()
 
 
+# ---------------------------------------------------------------------------
+# State
+
+
+@dataclass
+class TrainState:
+    """Everything about a run's progress that is not a tensor: saved whole in each
+    checkpoint's state.json, restored whole on resume, and the source of the final summary."""
+
+    config_hash: str
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int | None = None
+    tokens_seen: int = 0
+    train_seconds: float = 0.0  # time inside optimizer steps
+    wall_seconds: float = 0.0  # wall time of the run up to this state, earlier processes included
+    schedule: dict = field(default_factory=dict)  # DropoutSchedule.state_dict()
+    last_eval: dict = field(default_factory=dict)  # role -> loss at the latest evaluation
+
+    def state_dict(self) -> dict:
+        d = asdict(self)
+        d["best_val"] = finite(self.best_val)
+        d["val_loss"] = self.last_eval.get("val")  # read by `sample` to label its checkpoint
+        return d
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "TrainState":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in d.items() if k in known}
+        if values.get("best_val") is None:
+            values["best_val"] = math.inf
+        return cls(**values)
+
+
 def rng_states(batches: Batches, device: torch.device) -> dict[str, torch.Tensor]:
     states = {"torch": torch.get_rng_state(), "data": batches.generator.get_state()}
     if device.type == "cuda":
@@ -164,211 +184,231 @@ def restore_rng(tensors: dict[str, torch.Tensor], batches: Batches, device: torc
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
 
 
-def _sigterm_to_interrupt(signum, frame):
-    raise Interrupted("terminated by signal")
+# ---------------------------------------------------------------------------
+# The phases
 
 
-def train(cfg: DictConfig, run_dir: Path, *, resume: bool = False, device: str | None = None) -> dict:
-    """Train one configuration into `run_dir`; returns the final summary.
+@dataclass
+class Trainer:
+    """What build() makes and the other phases share."""
 
-    Raises UserError for bad configs or data *before* anything marks the folder as a run.
-    """
-    validate(cfg)
-    run = RunFolder(run_dir)
+    cfg: Config
+    run: RunFolder
+    data: data_mod.TokenizedData
+    tokens: dict[str, torch.Tensor]  # role -> (N,) int64
+    device: torch.device
+    dtype: torch.dtype
+    model: GPT
+    optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
+    schedule: DropoutSchedule
+    base_rates: DropoutRates
+    batches: Batches
+    state: TrainState
+    wall_start: float = 0.0
+
+    @property
+    def char_level(self) -> bool:
+        return self.cfg.data.tokenizer == "char"
+
+    def amp(self):
+        return autocast(self.device, self.dtype)
+
+
+def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
+    """Data, model, optimizer, schedule and batches; raises UserError before anything is written."""
     torch.manual_seed(cfg.seed)
     data = data_mod.prepare(cfg.data, log=log.info)
     validate_with_data(cfg, {role: len(ids) for role, ids in data.splits.items()})
     dev = pick_device(device or cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, dev)
-    autocast = torch.autocast(dev.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    # loss scaling only where fp16 needs it; bf16 has fp32's range
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and dev.type == "cuda")
-
-    data.tokenizer.save(str(run.tokenizer_path))
-    base_rates = resolve_rates(OmegaConf.to_container(cfg.dropout, resolve=True))
-    model_cfg = GPTConfig(
-        vocab_size=data.vocab_size,
-        block_size=cfg.model.block_size,
-        n_layer=cfg.model.n_layer,
-        n_head=cfg.model.n_head,
-        n_embd=cfg.model.n_embd,
-        dropout=base_rates,
-    )
+    base_rates = resolve_rates(cfg.dropout)
+    model_cfg = GPTConfig(vocab_size=data.vocab_size, block_size=cfg.model.block_size, n_layer=cfg.model.n_layer,
+                          n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, dropout=base_rates)
     model = GPT(model_cfg).to(dev)
-    optimizer = make_optimizer(model, cfg.train, dev)
-    schedule = DropoutSchedule(ScheduleConfig.from_dict(cfg.dropout.schedule), cfg.train.max_iters)
     tokens = {r: torch.from_numpy(data.splits[r].astype(np.int64)) for r in ("train", "val")}
-    batches = Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed)
-    char_level = cfg.data.tokenizer == "char"
-
-    start_step, best_val, best_step, tokens_seen, train_seconds = 0, math.inf, None, 0, 0.0
-    summary = run.summary()
-    if resume:
-        last = ckpt.load(run.checkpoint("last"))
-        weights = last.load_model(dev).state_dict()
-        model.load_state_dict(weights)
-        tensors = last.tensors()
-        optimizer.load_state_dict(ckpt.optimizer_state(last, tensors))
-        restore_rng(tensors, batches, dev)
-        schedule.load_state_dict(last.state["schedule"])
-        start_step = last.state["step"]
-        best_val, best_step = last.state["best_val"], last.state["best_step"]
-        tokens_seen, train_seconds = last.state["tokens_seen"], last.state["train_seconds"]
-        run.truncate_metrics(start_step)
-        log.info("resuming %s from step %d", run_dir, start_step)
-    wall_start = time.time() - summary.get("wall_seconds", 0.0) if resume else time.time()
-
-    summary = run.update_summary(
-        status="running",
-        error=None,
-        experiment=cfg.experiment_name,
-        name=cfg.name,
-        config_hash=config_hash(cfg),
-        data={"corpus": cfg.data.name, "tokenizer": cfg.data.tokenizer, "vocab_size": data.vocab_size,
-              "sources": data.sources, "tokens": {r: int(len(a)) for r, a in data.splits.items()}},
-        dropout=base_rates.to_dict(),
-        dropout_schedule=cfg.dropout.schedule.kind,
-        params=model.num_params(),
-        device=str(dev),
-        dtype=str(dtype).replace("torch.", ""),
-        torch_version=torch.__version__,
-        cpu_threads=torch.get_num_threads(),
+    return Trainer(
+        cfg=cfg, run=RunFolder(run_dir), data=data, tokens=tokens, device=dev, dtype=dtype, model=model,
+        optimizer=make_optimizer(model, cfg.train, dev),
+        # loss scaling only where fp16 needs it; bf16 has fp32's range
+        scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and dev.type == "cuda"),
+        schedule=DropoutSchedule(cfg.dropout.schedule, cfg.train.max_iters),
+        base_rates=base_rates,
+        batches=Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed),
+        state=TrainState(config_hash=config_hash(cfg)),
     )
-    train_model = torch.compile(model) if cfg.train.compile else model
-    t = cfg.train
-    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.block_size
-    progress = Progress(t.max_iters, start_step, t.log_interval)
-    previous_handler = signal.signal(signal.SIGTERM, _sigterm_to_interrupt) if _main_thread() else None
-    last_losses: dict[str, float] = {}
-    step = start_step
-    status, error = "running", None
 
-    def evaluate_and_save(step: int, rates) -> None:
-        nonlocal best_val, best_step, last_losses
-        losses = estimate_loss(model, tokens, cfg, dev, autocast)
-        last_losses = losses
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise Diverged(f"non-finite eval loss at step {step}: {losses}")
-        schedule.observe_val(losses["val"])
-        row = {
-            "step": step,
-            "tokens": tokens_seen,
-            "train_loss": losses["train"],
-            "val_loss": losses["val"],
-            "train_ppl": math.exp(losses["train"]),
-            "val_ppl": math.exp(losses["val"]),
-            "gap": losses["val"] - losses["train"],
-            "lr": lr_at(min(step, t.max_iters - 1), t),
-            "dropout_factor": schedule.factor(step),
-            "dropout": rates.rates(),
-            "tokens_per_sec": tokens_seen / train_seconds if train_seconds else None,
-            "elapsed_sec": time.time() - wall_start,
-        }
-        if char_level:
-            row["train_bpc"], row["val_bpc"] = losses["train"] / math.log(2), losses["val"] / math.log(2)
-        run.append_metrics(row)
-        improved = losses["val"] < best_val
-        if improved:
-            best_val, best_step = losses["val"], step
-        state = {
-            "step": step,
-            "best_val": best_val,
-            "best_step": best_step,
-            "tokens_seen": tokens_seen,
-            "train_seconds": train_seconds,
-            "schedule": schedule.state_dict(),
-            "config_hash": summary["config_hash"],
-            "val_loss": losses["val"],
-        }
-        ckpt.save(run.checkpoint("last"), model, run.tokenizer_path, state=state, optimizer=optimizer,
-                  rng=rng_states(batches, dev))
-        if improved:
-            ckpt.copy(run.checkpoint("last"), run.checkpoint("best"))
-        log.info("eval step %d: train %.4f val %.4f gap %.4f", step, losses["train"], losses["val"], row["gap"])
 
+def restore(tr: Trainer) -> None:
+    """Continue from checkpoints/last: weights, optimizer, RNG, schedule and TrainState."""
+    fix = (f"it cannot resume from there: delete {tr.run.path} and train again, "
+           "or sample and evaluate from checkpoints/best")
+    last = tr.run.load_checkpoint("last", fix=fix)
+    ckpt.clean_stale(tr.run.checkpoints_dir)
     try:
-        rates = base_rates.scaled(schedule.factor(start_step))
-        model.set_dropout(rates)
-        if not resume:
-            evaluate_and_save(0, rates)
+        tr.model.load_state_dict(last.load_model(tr.device).state_dict())
+        tensors = last.tensors()
+        tr.optimizer.load_state_dict(ckpt.optimizer_state(last, tensors))
+        restore_rng(tensors, tr.batches, tr.device)
+        tr.state = TrainState.from_state_dict(last.state)
+        tr.schedule.load_state_dict(tr.state.schedule)
+    except ckpt.CheckpointError as exc:
+        raise DamagedFile(exc.path, exc.problem, fix) from None
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise DamagedFile(last.folder, f"state does not fit this run ({type(exc).__name__}: {exc})", fix) from None
+    tr.run.truncate_metrics(tr.state.step)
+    log.info("resuming %s from step %d", tr.run.path, tr.state.step)
+
+
+def _start_summary(tr: Trainer) -> None:
+    cfg = tr.cfg
+    tr.run.update_summary(
+        status="running", error=None, experiment=cfg.experiment_name, name=cfg.name,
+        config_hash=tr.state.config_hash,
+        data={"corpus": cfg.data.name, "tokenizer": cfg.data.tokenizer, "vocab_size": tr.data.vocab_size,
+              "sources": tr.data.sources, "tokens": {r: int(len(a)) for r, a in tr.data.splits.items()}},
+        dropout=tr.base_rates.to_dict(), dropout_schedule=cfg.dropout.schedule.kind,
+        params=tr.model.num_params(), device=str(tr.device), dtype=str(tr.dtype).replace("torch.", ""),
+        torch_version=torch.__version__, cpu_threads=torch.get_num_threads(),
+    )
+
+
+def evaluate(tr: Trainer, step: int) -> None:
+    """Losses on both splits, a metrics row, checkpoints/last (and best when val improved)."""
+    s, t = tr.state, tr.cfg.train
+    losses = estimate_loss(tr.model, tr.tokens, tr.cfg, tr.device, tr.amp())
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise Diverged(f"non-finite eval loss at step {step}: {losses}")
+    s.step, s.last_eval = step, losses
+    tr.schedule.observe_val(losses["val"])
+    # rates and factor of one moment: those in effect from this step on (after a plateau update)
+    factor = tr.schedule.factor(step)
+    s.schedule = tr.schedule.state_dict()
+    s.wall_seconds = time.time() - tr.wall_start
+    row = {
+        "step": step, "tokens": s.tokens_seen,
+        "train_loss": losses["train"], "val_loss": losses["val"],
+        "train_ppl": math.exp(losses["train"]), "val_ppl": math.exp(losses["val"]),
+        "gap": losses["val"] - losses["train"],
+        "lr": lr_at(min(step, t.max_iters - 1), t),
+        "dropout_factor": factor, "dropout": tr.base_rates.scaled(factor).rates(),
+        "tokens_per_sec": s.tokens_seen / s.train_seconds if s.train_seconds else None,
+        "elapsed_sec": s.wall_seconds,
+    }
+    if tr.char_level:
+        row["train_bpc"], row["val_bpc"] = losses["train"] / math.log(2), losses["val"] / math.log(2)
+    tr.run.append_metrics(row)
+    improved = losses["val"] < s.best_val
+    if improved:
+        s.best_val, s.best_step = losses["val"], step
+    ckpt.save(tr.run.checkpoint("last"), tr.model, tr.run.tokenizer_path, state=s.state_dict(),
+              optimizer=tr.optimizer, rng=rng_states(tr.batches, tr.device))
+    if improved:
+        ckpt.copy(tr.run.checkpoint("last"), tr.run.checkpoint("best"))
+    log.info("eval step %d: train %.4f val %.4f gap %.4f", step, losses["train"], losses["val"], row["gap"])
+
+
+def loop(tr: Trainer, fresh: bool) -> None:
+    """Optimizer steps from tr.state.step to max_iters, evaluating on the way. Raises Diverged."""
+    t, s, model = tr.cfg.train, tr.state, tr.model
+    train_model = torch.compile(model) if t.compile else model
+    tokens_per_step = t.batch_size * t.grad_accum * tr.cfg.model.block_size
+    progress = Progress(t.max_iters, s.step, t.log_interval)
+    try:
+        model.set_dropout(tr.base_rates.scaled(tr.schedule.factor(s.step)))
+        if fresh:
+            evaluate(tr, 0)
         model.train()
-        for step in range(start_step, t.max_iters):
-            rates = base_rates.scaled(schedule.factor(step))
-            model.set_dropout(rates)
+        for step in range(s.step, t.max_iters):
+            model.set_dropout(tr.base_rates.scaled(tr.schedule.factor(step)))
             lr = lr_at(step, t)
-            for group in optimizer.param_groups:
+            for group in tr.optimizer.param_groups:
                 group["lr"] = lr
             tic = time.perf_counter()
             for _ in range(t.grad_accum):
-                x, y = batches.next()
-                with autocast:
+                x, y = tr.batches.next()
+                with tr.amp():
                     _, loss = train_model(x, y)
-                scaler.scale(loss / t.grad_accum).backward()
+                tr.scaler.scale(loss / t.grad_accum).backward()
             if t.grad_clip > 0:
-                scaler.unscale_(optimizer)
+                tr.scaler.unscale_(tr.optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            tr.scaler.step(tr.optimizer)
+            tr.scaler.update()
+            tr.optimizer.zero_grad(set_to_none=True)
             loss_value = loss.item()  # also syncs the device so the timing is honest
-            train_seconds += time.perf_counter() - tic
-            tokens_seen += tokens_per_step
+            s.train_seconds += time.perf_counter() - tic
+            s.tokens_seen += tokens_per_step
             if not math.isfinite(loss_value):
                 raise Diverged(f"loss became {loss_value} at step {step}")
-            progress.update(step, loss_value, lr, tokens_seen / train_seconds)
+            progress.update(step, loss_value, lr, s.tokens_seen / s.train_seconds)
             done = step + 1
             if done % t.eval_interval == 0 or done == t.max_iters:
-                evaluate_and_save(done, base_rates.scaled(schedule.factor(done)))
+                evaluate(tr, done)
                 model.train()
+    finally:
+        progress.close()
+
+
+def finish(tr: Trainer, status: str, error: str | None) -> Summary:
+    """The summary's end-of-training fields, from the TrainState (and the metrics rows)."""
+    s = tr.state
+    rows = tr.run.metrics()
+    fields = {
+        "status": status, "error": error,
+        "steps": rows[-1]["step"] if rows else 0,
+        "best_val_loss": finite(s.best_val),
+        "best_val_ppl": math.exp(s.best_val) if math.isfinite(s.best_val) else None,
+        "best_step": s.best_step,
+        "tokens_seen": s.tokens_seen,
+        "tokens_per_sec": s.tokens_seen / s.train_seconds if s.train_seconds else None,
+        "wall_seconds": time.time() - tr.wall_start,
+    }
+    losses = s.last_eval
+    if losses:
+        fields.update(
+            final_train_loss=losses["train"], final_val_loss=losses["val"],
+            final_train_ppl=math.exp(losses["train"]), final_val_ppl=math.exp(losses["val"]),
+            gap=losses["val"] - losses["train"], ppl_ratio=math.exp(losses["val"] - losses["train"]),
+        )
+        if tr.char_level:
+            fields["final_val_bpc"] = losses["val"] / math.log(2)
+    return tr.run.update_summary(**fields)
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise Interrupted("terminated by signal")
+
+
+def train(cfg: Config, run_dir: Path, *, resume: bool = False, device: str | None = None) -> Summary:
+    """Train one configuration into `run_dir`; returns the final summary.
+
+    Raises UserError for bad configs or data *before* anything marks the folder as a run.
+    Divergence and interruption end the run with that status (not an exception).
+    """
+    tr = build(cfg, run_dir, device)
+    if resume:
+        restore(tr)
+    tr.data.tokenizer.save(str(tr.run.tokenizer_path))
+    tr.wall_start = time.time() - tr.state.wall_seconds
+    _start_summary(tr)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt) if on_main else None
+    status, error = "running", None
+    try:
+        loop(tr, fresh=not resume)
         status = "completed"
     except Diverged as exc:
         status, error = "diverged", str(exc)
         log.error("diverged: %s (checkpoints/last holds the last good state)", exc)
     except (KeyboardInterrupt, Interrupted) as exc:
         status, error = "interrupted", str(exc) or "interrupted"
-        log.error("interrupted at step %d; resume with: dropsample train --resume %s", step, run_dir)
-    except Exception as exc:
+        log.error("interrupted at step %d; resume with: dropsample train --resume %s", tr.state.step, run_dir)
+    except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-        log.exception("training failed")
         raise
     finally:
-        progress.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        summary = _write_final(run, status, error, best_val, best_step, last_losses, tokens_seen, train_seconds,
-                               wall_start, char_level)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        summary = finish(tr, status, error)
     return summary
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _write_final(run, status, error, best_val, best_step, losses, tokens_seen, train_seconds, wall_start,
-                 char_level) -> dict:
-    rows = run.metrics()
-    fields = {
-        "status": status,
-        "error": error,
-        "steps": rows[-1]["step"] if rows else 0,
-        "best_val_loss": best_val if math.isfinite(best_val) else None,
-        "best_val_ppl": math.exp(best_val) if math.isfinite(best_val) else None,
-        "best_step": best_step,
-        "tokens_seen": tokens_seen,
-        "tokens_per_sec": tokens_seen / train_seconds if train_seconds else None,
-        "wall_seconds": time.time() - wall_start,
-    }
-    if losses:
-        fields.update(
-            final_train_loss=losses["train"],
-            final_val_loss=losses["val"],
-            final_train_ppl=math.exp(losses["train"]),
-            final_val_ppl=math.exp(losses["val"]),
-            gap=losses["val"] - losses["train"],
-            ppl_ratio=math.exp(losses["val"] - losses["train"]),
-        )
-        if char_level:
-            fields["final_val_bpc"] = losses["val"] / math.log(2)
-    return run.update_summary(**fields)

@@ -1,4 +1,4 @@
-"""The generation engine: batched decoding with a KV cache.
+"""The search engine: batched greedy, sampling, beam and contrastive decoding with a KV cache.
 
 All four strategies share one context rule, so cached and uncached decoding see
 exactly the same tokens at the same positions:
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dropsample.decoding.processors import apply_processors, build_processors
 from dropsample.model import GPT, KVCache
-from dropsample.sampling import Sampler, apply_processors
+from dropsample.schema import Sampler
 
 
 @dataclass
@@ -129,7 +130,7 @@ def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True)
         return beam_search(model, sampler, req, use_cache)
     if strategy == "contrastive":
         return contrastive_search(model, sampler, req, use_cache)
-    chain = sampler.processors()
+    chain = build_processors(sampler.settings)
     seq = req.prompts
     B, P = seq.shape
     ctx = Context(model, B, use_cache)
@@ -157,9 +158,9 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
     pool of K finished ones; the first K others are the new beams. A prompt is done when
     its pool is full and no live beam can still beat the worst finished hypothesis.
     """
-    K = int(sampler.settings.get("num_beams", 4))
-    alpha = float(sampler.settings.get("length_penalty", 1.0))
-    chain = sampler.processors()
+    K = sampler.settings.num_beams
+    alpha = sampler.settings.length_penalty
+    chain = build_processors(sampler.settings)
     B, P = req.prompts.shape
     device = req.prompts.device
     N = req.max_new_tokens
@@ -223,9 +224,9 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
 def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
     """Su et al. 2022: among the top-k tokens pick argmax (1 - alpha) p(v) - alpha max_j cos(h_v, h_j),
     where h are final hidden states and j runs over the context (prompt included)."""
-    k = int(sampler.settings.get("top_k", 4))
-    alpha = float(sampler.settings.get("penalty_alpha", 0.6))
-    chain = sampler.processors()
+    k = sampler.settings.top_k
+    alpha = sampler.settings.penalty_alpha
+    chain = build_processors(sampler.settings)
     seq = req.prompts
     B, P = seq.shape
     ctx = Context(model, B, use_cache)

@@ -1,0 +1,30 @@
+"""`dropsample report`: many runs -> one row per configuration, plots and computed findings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dropsample.report.collect import collect, group, summarize
+from dropsample.report.findings import findings
+from dropsample.report.plots import plot_all
+from dropsample.report.render import print_table, write_csv, write_markdown
+
+
+def report_command(paths: list[Path], out: Path | None = None) -> Path:
+    runs = collect(paths)
+    configs = group(runs)
+    configs.sort(key=lambda c: [json.dumps(v, default=str) for v in c.values.values()])
+    rows = [summarize(c) for c in configs]
+    if out is None:
+        first = Path(paths[0])
+        out = first if len(paths) == 1 and first.is_dir() and not (first / ".hydra").exists() else Path("report")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", rows)
+    plots = plot_all(configs, rows, out / "plots")
+    facts = findings(configs, rows)
+    write_markdown(out / "report.md", paths, configs, rows, facts, plots)
+    print_table(rows, facts)
+    return out
+
+
