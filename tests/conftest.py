@@ -104,6 +104,26 @@ def cli(*args: str, cwd: Path, timeout: int = 300, check: bool = False) -> subpr
     return result
 
 
+def run_cli(*args: str, cwd: Path | None = None):
+    """The CLI in this process (no interpreter start-up): exit code, stdout, stderr.
+
+    For commands that do not start Hydra (sample, eval, export, report, status, train --resume).
+    An exception the CLI lets escape is re-raised, so a traceback fails the test loudly.
+    """
+    import contextlib
+    import types
+
+    from typer.testing import CliRunner
+
+    from dropsample.cli import app
+
+    with contextlib.chdir(cwd) if cwd else contextlib.nullcontext():
+        result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return types.SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
 def to_transformers(model, folder: Path):
     """The same weights as transformers' GPT2LMHeadModel (the test peer)."""
     import transformers

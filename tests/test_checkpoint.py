@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dropsample import checkpoint
+from dropsample import checkpoint, tokenizer
 from dropsample.model import GPT, GPTConfig
 
 
@@ -19,7 +19,7 @@ def trained(tmp_path):
         opt.step()
         opt.zero_grad()
     tok = tmp_path / "tokenizer.json"
-    tok.write_text("{}")
+    tokenizer.train_tokenizer("char", "abcdefghijklmnopqrs").save(str(tok))  # 19 chars + <unk> = 20
     return model, opt, tok
 
 
@@ -89,3 +89,15 @@ def test_a_crash_during_save_keeps_the_previous_checkpoint(tmp_path, trained, mo
     checkpoint.save(target, model, tok, state={"step": 4})  # the next save cleans up
     assert checkpoint.load(target).state["step"] == 4
     assert sorted(p.name for p in target.parent.iterdir()) == ["last"]
+
+
+def test_a_kill_mid_save_leaves_a_temporary_folder_the_next_save_removes(tmp_path, trained, monkeypatch):
+    model, opt, tok = trained
+    target = tmp_path / "checkpoints" / "last"
+    checkpoint.save(target, model, tok, state={"step": 1})
+    stale = target.parent / ".tmp-last-killed"  # what SIGKILL during a save leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    checkpoint.save(target, model, tok, state={"step": 2})
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last"]
+    assert checkpoint.load(target).state["step"] == 2

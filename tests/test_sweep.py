@@ -152,3 +152,27 @@ def test_gpu_slots_never_share_a_gpu(tmp_path):
         t.join()
     assert clashes == [], "two jobs held one GPU"
     assert peak["max"] == 2 and held == []
+
+
+def test_rerun_into_the_same_sweep_folder_is_idempotent(tmp_path):
+    """A completed job in its own folder is skipped untouched; an interrupted one resumes without
+    repeating rows; an unsound one is moved to attempts/ and trained clean."""
+    sweep = tmp_path / "fixed"
+    args = ["train", "-m", *SWEEP, "dropout.rate=0,0.1,0.2", "experiment_name=fixed", f"hydra.sweep.dir={sweep}"]
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    jobs = sorted(sweep.glob("job*"))
+    done = {p: p.read_bytes() for p in (jobs[0] / "metrics.jsonl", jobs[0] / "checkpoints" / "last" / "state.json")}
+    summary1 = json.loads((jobs[1] / "summary.json").read_text())
+    (jobs[1] / "summary.json").write_text(json.dumps({**summary1, "status": "interrupted"}))
+    (jobs[2] / "summary.json").write_text("{ cut")  # unsound: cannot tell what happened
+
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert all(path.read_bytes() == data for path, data in done.items()), "job0 was not touched"
+    assert [s["status"] for s in summaries(sweep)] == ["completed"] * 3
+    for job in jobs:
+        steps = [json.loads(x)["step"] for x in (job / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [0, 20], (job.name, steps)
+    assert not (jobs[1] / "attempts").exists(), "a sound attempt resumes in place"
+    assert (jobs[2] / "attempts" / "1" / "summary.json").read_text() == "{ cut"
+    assert (jobs[2] / "attempts" / "1" / "checkpoints" / "last" / "state.json").is_file()

@@ -66,3 +66,17 @@ def test_dropout_rates_in_effect_are_logged_per_evaluation(tmp_path):
     assert [r["dropout_factor"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 0.0]  # steps 0..40, off from step 20
     assert rows[1]["dropout"]["attn"] == 0.2 and rows[1]["dropout"]["word"] == 0.1
     assert rows[2]["dropout"]["attn"] == 0.0 and rows[2]["dropout"]["word"] == 0.0
+
+
+def test_val_plateau_rows_describe_one_moment(tmp_path):
+    """Rates and factor in a metrics row are those in effect from that step on (after the plateau update)."""
+    cfg = compose(SHORT + ["dropout.schedule.kind=val_plateau", "dropout.schedule.plateau_threshold=10",
+                           "dropout.rate=0.2", "dropout.schedule.plateau_factor=0.5"])
+    run_dir = make_run_dir(tmp_path, cfg)
+    assert training.train(cfg, run_dir).status == "completed"
+    rows = RunFolder(run_dir).metrics()
+    # val never falls by 10 nats, so every evaluation after the first halves the factor
+    assert [r["dropout_factor"] for r in rows] == [1.0, 0.5, 0.25, 0.125, 0.0625]
+    for r in rows:
+        assert r["dropout"]["attn"] == pytest.approx(0.2 * r["dropout_factor"])
+        assert r["dropout"]["embd"] == pytest.approx(0.2 * r["dropout_factor"])

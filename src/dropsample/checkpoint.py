@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from dropsample import tokenizer as toks
 from dropsample.model import GPT, GPTConfig
 
 TIED = "lm_head.weight"  # same tensor as transformer.wte.weight
@@ -40,6 +41,32 @@ class CheckpointError(Exception):
     def __init__(self, path: Path, problem: str):
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = Path(path), problem
+
+
+def _header(path: Path) -> dict[str, list[int]]:
+    """Names and shapes from a safetensors header (cheap: no tensor data is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(path, "missing") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(path, f"not a readable safetensors file: {str(exc).splitlines()[0][:120]}") from None
+
+
+def _check_weights(path: Path, config: GPTConfig) -> None:
+    """The weights file holds exactly the tensors, of exactly the shapes, that config.json describes."""
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in GPT(config).state_dict().items() if k != TIED}
+    found = _header(path)
+    for key, shape in expected.items():
+        if key not in found:
+            raise CheckpointError(path, f"weights do not fit config.json (no {key})")
+        if found[key] != shape:
+            raise CheckpointError(path, f"weights do not fit config.json ({key} is {found[key]}, config says {shape})")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise CheckpointError(path, f"weights do not fit config.json (unexpected {extra[:3]})")
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -54,6 +81,7 @@ class Checkpoint:
     folder: Path
     model_config: GPTConfig
     state: dict  # contents of state.json
+    tokenizer: object  # tokenizers.Tokenizer from tokenizer.json
 
     def load_model(self, device="cpu") -> GPT:
         model = GPT(self.model_config)
@@ -189,10 +217,17 @@ def load(folder: Path) -> Checkpoint:
     for key in STATE_KEYS:
         if not isinstance(state.get(key), int):
             raise CheckpointError(found / "state.json", f"{key} is {state.get(key)!r}, not a step count")
-    tokenizer = found / "tokenizer.json"
-    if not tokenizer.is_file():
-        raise CheckpointError(tokenizer, "missing")
-    return Checkpoint(found, config, state)
+    path = found / "tokenizer.json"
+    try:
+        tokenizer = toks.load(path)
+    except Exception as exc:  # tokenizers raises its own Exception subclass
+        problem = "missing" if not path.is_file() else f"not a tokenizer ({str(exc).splitlines()[0][:80]})"
+        raise CheckpointError(path, problem) from None
+    if tokenizer.get_vocab_size() != config.vocab_size:
+        raise CheckpointError(path, f"{tokenizer.get_vocab_size()} tokens, config.json says {config.vocab_size}")
+    _check_weights(found / "model.safetensors", config)
+    _header(found / "state.safetensors")
+    return Checkpoint(found, config, state, tokenizer)
 
 
 def optimizer_state(ckpt: Checkpoint, tensors: dict[str, torch.Tensor]) -> dict:

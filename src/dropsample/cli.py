@@ -1,7 +1,8 @@
 """The `dropsample` command: a thin map from subcommands to plain functions.
 
 Bad input becomes one line on stderr and exit code 2 (3 for a damaged run file), never a
-traceback; how a training job fails is decided in one place, task.py.
+traceback; how a training job fails is decided in one place, task.py. Each command imports
+its module when it runs, so `dropsample --help` and `status` never pay for importing torch.
 """
 
 from __future__ import annotations
@@ -229,12 +230,13 @@ def export(
 def report(
     paths: List[Path] = typer.Argument(..., help="Sweep folders, run folders, or globs of them."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where report.md, results.csv and plots go."),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Leave out runs whose files are damaged."),
 ) -> None:
     """Compare runs: one row per configuration, seeds aggregated, plots and findings."""
     from dropsample.report.command import report_command
 
     try:
-        report_command(paths, out)
+        report_command(paths, out, skip_damaged=skip_damaged)
     except UserError as err:
         _fail(err)
 

@@ -35,4 +35,4 @@ class DamagedFile(UserError):
 
     def __init__(self, path: Path | str, problem: str, fix: str):
         super().__init__(f"{path} is damaged ({problem}); {fix}")
-        self.path = Path(path)
+        self.path, self.problem, self.fix = Path(path), problem, fix

@@ -57,6 +57,7 @@ def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches:
         raise UserError("--mc-samples and --batches must be >= 0")
     run = RunFolder(run_dir)
     cfg = run.config()
+    run.summary(), run.eval_history()  # damage shows now, not after the work
     ckpt = run.load_checkpoint(which)
     model = ckpt.load_model(pick_device(cfg.train.device)).eval()
     splits = data_mod.prepare(cfg.data, log=lambda *a: None).splits

@@ -35,6 +35,7 @@ from typing import Optional
 
 import yaml
 
+from dropsample.config import validate
 from dropsample.errors import DamagedFile, UserError
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "skipped")
@@ -257,8 +258,6 @@ class RunFolder:
 
     def config(self):
         """The run's config, typed and checked against the schema."""
-        from dropsample.config import validate
-
         raw = self.raw_config()
         try:
             return validate(raw)
@@ -335,7 +334,7 @@ class RunFolder:
     # -- checkpoints ---------------------------------------------------------
     def load_checkpoint(self, which: str, fix: str | None = None):
         """checkpoints/<which>, verified (see checkpoint.load); missing -> UserError, damaged -> DamagedFile."""
-        from dropsample import checkpoint
+        from dropsample import checkpoint  # torch: `status` and `report` never need it
 
         folder = checkpoint.resolve(self.checkpoint(which))
         if fix is None:

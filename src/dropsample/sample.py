@@ -24,7 +24,7 @@ from dropsample.config import check_prompt_span, resolve_samplers, validate
 from dropsample.decoding.search import Request, generate, score
 from dropsample.device import pick_device
 from dropsample.dropout import set_mc_dropout
-from dropsample.errors import DamagedFile, UserError
+from dropsample.errors import UserError
 from dropsample.runs import RunFolder, write_json_atomic
 from dropsample.schema import Config, GenConfig, Sampler, SamplerSettings, to_dict
 
@@ -104,13 +104,14 @@ def sample_run(
 ) -> Path:
     run = RunFolder(run_dir)
     cfg = run.config()
+    run.summary()  # damage shows now, not after the work
     chosen = resolve_samplers(samplers)
     if gen.mc_dropout:
         chosen.append(Sampler("mc_dropout_greedy", SamplerSettings(strategy="greedy", mc_dropout=True)))
     ckpt = run.load_checkpoint(gen.checkpoint)
     dev = pick_device(device or cfg.train.device)
     model = ckpt.load_model(dev).eval()
-    tok = _tokenizer(ckpt.folder / "tokenizer.json", gen.checkpoint)
+    tok = ckpt.tokenizer
     name = name or gen.name or time.strftime("%Y-%m-%d_%H-%M-%S")
     out_dir = run.samples(name)
     if out_dir.exists():
@@ -192,14 +193,6 @@ def print_table(report: dict, title: str) -> None:
     if not console.is_terminal:
         console = Console(stderr=True, width=160)  # logs and CI: never squeeze the numbers
     console.print(table)
-
-
-def _tokenizer(path: Path, which: str):
-    try:
-        return toks.load(path)
-    except Exception as exc:  # tokenizers raises its own Exception subclass
-        raise DamagedFile(path, f"not a tokenizer ({str(exc).splitlines()[0][:80]})",
-                          f"use the other checkpoint (gen.checkpoint={'last' if which == 'best' else 'best'})") from None
 
 
 def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, prompt: str | None) -> Path:

@@ -31,6 +31,7 @@ from dropsample import sweep, training
 from dropsample.config import validate
 from dropsample.errors import UserError
 from dropsample.runs import RunFolder, Summary
+from dropsample.sample import sample_run
 from dropsample.schema import Config, config_hash
 
 log = logging.getLogger("dropsample")
@@ -42,8 +43,6 @@ def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
     with sweep.device_slot(cfg) as device:
         summary = training.train(cfg, run_dir, resume=resume, device=device)
         if summary.status == "completed" and cfg.sample_after_train:
-            from dropsample.sample import sample_run
-
             # the experiment is not complete until its samples are written
             run.update_summary(status="running", stage="sampling")
             try:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import torch
 
+from dropsample.config import sampler_settings
 from dropsample.schema import SamplerSettings
 
 NEG_INF = float("-inf")
@@ -193,8 +194,6 @@ class Eta(LogitsProcessor):
 def build_processors(settings: SamplerSettings | Mapping) -> list[LogitsProcessor]:
     """The ordered processor chain for sampler settings (keys as in conf/sampler/*.yaml)."""
     if isinstance(settings, Mapping):
-        from dropsample.config import sampler_settings
-
         settings = sampler_settings(dict(settings))
     s = settings
     chain: list[LogitsProcessor] = []

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dropsample.errors import UserError
+from dropsample.errors import DamagedFile, UserError
 from dropsample.runs import RunFolder, Summary, find_runs
 from dropsample.schema import flat, identity
 from dropsample.stats import mean_ci
@@ -73,7 +73,12 @@ def load_run(path: Path) -> Run:
                flat(identity(cfg, seed=False)))
 
 
-def collect(paths: list[Path]) -> list[Run]:
+def collect(paths: list[Path], skip_damaged: bool = False) -> tuple[list[Run], list[str]]:
+    """Every run under `paths` (skipped reruns replaced by the run that did the work).
+
+    A run with a damaged file stops the report with that file's one-line error, unless
+    `skip_damaged`: then it is left out and its error returned, to be listed in the report.
+    """
     expanded = []
     for p in paths:
         matches = glob.glob(str(p)) if any(c in str(p) for c in "*?[") else [str(p)]
@@ -81,20 +86,26 @@ def collect(paths: list[Path]) -> list[Run]:
     missing = [str(p) for p in expanded if not p.exists()]
     if missing or not expanded:
         raise UserError(f"no such path: {', '.join(missing) or paths}; pass sweep folders, run folders or globs")
-    runs, seen = [], set()
+    runs, damaged, seen = [], [], set()
     for path in find_runs(expanded):
-        run = load_run(path)
-        if run.status == "skipped" and run.summary.same_as:
-            # a rerun that found this configuration already done: report the run that did it
-            target = Path(run.summary.same_as)
-            if RunFolder(target).is_run():
-                run = load_run(target)
+        try:
+            run = load_run(path)
+            if run.status == "skipped" and run.summary.same_as:
+                # a rerun that found this configuration already done: report the run that did it
+                target = Path(run.summary.same_as)
+                if RunFolder(target).is_run():
+                    run = load_run(target)
+        except DamagedFile as err:
+            if not skip_damaged:
+                raise DamagedFile(err.path, err.problem, f"{err.fix}, or pass --skip-damaged to report without it") from None
+            damaged.append(str(err))
+            continue
         if run.path.resolve() not in seen:
             seen.add(run.path.resolve())
             runs.append(run)
     if not runs:
-        raise UserError(f"no run folders under {', '.join(map(str, paths))}; pass a sweep or run folder")
-    return runs
+        raise UserError(f"no readable run folders under {', '.join(map(str, paths))}; pass a sweep or run folder")
+    return runs, damaged
 
 
 def group(runs: list[Run]) -> list[Configuration]:

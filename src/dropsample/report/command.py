@@ -11,8 +11,8 @@ from dropsample.report.plots import plot_all
 from dropsample.report.render import print_table, write_csv, write_markdown
 
 
-def report_command(paths: list[Path], out: Path | None = None) -> Path:
-    runs = collect(paths)
+def report_command(paths: list[Path], out: Path | None = None, skip_damaged: bool = False) -> Path:
+    runs, damaged = collect(paths, skip_damaged)
     configs = group(runs)
     configs.sort(key=lambda c: [json.dumps(v, default=str) for v in c.values.values()])
     rows = [summarize(c) for c in configs]
@@ -23,6 +23,7 @@ def report_command(paths: list[Path], out: Path | None = None) -> Path:
     write_csv(out / "results.csv", rows)
     plots = plot_all(configs, rows, out / "plots")
     facts = findings(configs, rows)
+    facts += [f"Left out, could not be read: {d}" for d in damaged]
     write_markdown(out / "report.md", paths, configs, rows, facts, plots)
     print_table(rows, facts)
     return out
