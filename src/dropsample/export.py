@@ -8,7 +8,6 @@ transformers has one residual dropout rate (resid_pdrop); we write resid_attn th
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -71,7 +70,7 @@ def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> Path:
     model, tok = ckpt.load_model("cpu"), ckpt.tokenizer
     eos_id = toks.end_of_text_id(tok)
     write_hf_model(model, out_dir, eos_id)
-    shutil.copyfile(found / "tokenizer.json", out_dir / "tokenizer.json")
+    tok.save(str(out_dir / "tokenizer.json"))
     special = {"eos_token": toks.END_OF_TEXT} if eos_id is not None else {"unk_token": toks.UNK}
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": ckpt.model_config.block_size,
                         "clean_up_tokenization_spaces": False, **special}

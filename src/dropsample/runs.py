@@ -349,8 +349,16 @@ class RunFolder:
             raise DamagedFile(exc.path, exc.problem, fix) from None
 
     # -- samples and eval ----------------------------------------------------
+    def sample_metrics_path(self, name: str) -> Path:
+        return self.samples(name) / "metrics.json"
+
+    def sample_file(self, name: str, sampler: str) -> Path:
+        """samples/<name>/<sampler>.jsonl, the sampler's name made safe for a file name."""
+        safe = "".join(c if c.isalnum() or c in "._-+=" else "_" for c in sampler)
+        return self.samples(name) / f"{safe}.jsonl"
+
     def sample_metrics(self, name: str) -> dict | None:
-        path = self.samples(name) / "metrics.json"
+        path = self.sample_metrics_path(name)
         if not path.is_file():
             return None
         return read_json(path, f"delete {path.parent} and sample again: dropsample sample {self.path}")

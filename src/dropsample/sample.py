@@ -127,7 +127,7 @@ def sample_run(
         seconds = time.perf_counter() - tic
         results[sampler.name] = _evaluate(model, prompts, completions)
         results[sampler.name]["tokens_per_sec"] = sum(map(len, completions)) / seconds if seconds else None
-        with open(out_dir / f"{_file_name(sampler.name)}.jsonl", "w") as f:
+        with open(run.sample_file(name, sampler.name), "w") as f:
             for i, (p, c) in enumerate(zip(prompts, completions)):
                 row = {"index": i, "prompt": decode(p), "completion": decode(c), "completion_ids": c,
                        "seed": gen.seed + i, "sampler": sampler.name, "settings": sampler.settings.changed()}
@@ -137,7 +137,7 @@ def sample_run(
     reference = None
     if refs is not None:
         reference = _evaluate(model, prompts, refs)
-        with open(out_dir / "reference.jsonl", "w") as f:
+        with open(run.sample_file(name, "reference"), "w") as f:
             for i, (p, r) in enumerate(zip(prompts, refs)):
                 f.write(json.dumps({"index": i, "prompt": decode(p), "completion": decode(r), "completion_ids": r}) + "\n")
     report = {
@@ -149,7 +149,7 @@ def sample_run(
         "reference": reference,
         "settings": {s.name: to_dict(s.settings) for s in chosen},
     }
-    write_json_atomic(out_dir / "metrics.json", report)
+    write_json_atomic(run.sample_metrics_path(name), report)
     samples = run.summary().samples or {}
     samples[name] = {
         "path": str(out_dir.relative_to(run.path)),
@@ -159,10 +159,6 @@ def sample_run(
     run.update_summary(samples=samples, latest_samples=name)
     print_table(report, f"samplers on {run.path.name} ({gen.checkpoint} checkpoint, step {ckpt.state['step']})")
     return out_dir
-
-
-def _file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-+=" else "_" for c in name)
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -27,9 +27,8 @@ def find_completed(cfg: Config, digest: str, exclude: Path | None = None) -> Pat
     root = Path(cfg.runs_root) / cfg.experiment_name
     if not root.is_dir():
         return None
-    for summary_path in root.rglob("summary.json"):
-        run_dir = summary_path.parent
-        if "attempts" in run_dir.parts or (exclude is not None and run_dir.resolve() == Path(exclude).resolve()):
+    for run_dir in find_runs([root]):
+        if exclude is not None and run_dir.resolve() == Path(exclude).resolve():
             continue
         try:
             summary = RunFolder(run_dir).summary()

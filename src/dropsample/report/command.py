@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from dropsample.report.collect import collect, group, summarize
+from dropsample.runs import RunFolder
 from dropsample.report.findings import findings
 from dropsample.report.plots import plot_all
 from dropsample.report.render import print_table, write_csv, write_markdown
@@ -18,7 +19,7 @@ def report_command(paths: list[Path], out: Path | None = None, skip_damaged: boo
     rows = [summarize(c) for c in configs]
     if out is None:
         first = Path(paths[0])
-        out = first if len(paths) == 1 and first.is_dir() and not (first / ".hydra").exists() else Path("report")
+        out = first if len(paths) == 1 and first.is_dir() and not RunFolder(first).is_run() else Path("report")
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
     plots = plot_all(configs, rows, out / "plots")
