@@ -55,7 +55,7 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, schedu
     assert cut.status == "interrupted"
     assert 0 < len(metrics(cut_dir)) < len(metrics(full_dir))
     resumed = training.train(cfg, cut_dir, resume=True)
-    assert resumed.status == "completed"
+    assert resumed.status == "completed", resumed.error
     for key in ("final_train_loss", "final_val_loss", "best_val_loss", "best_step", "tokens_seen"):
         assert getattr(resumed, key) == getattr(full, key), key
     assert comparable(metrics(cut_dir)) == comparable(metrics(full_dir))

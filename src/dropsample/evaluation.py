@@ -1,50 +1,149 @@
-"""`dropsample eval`: loss, perplexity and bits per character of a checkpoint on whole splits,
-optionally with MC dropout (the mean of K dropout-perturbed predictive distributions)."""
+"""Loss on whole splits with its uncertainty, and `dropsample eval`.
+
+`split_loss` scores non-overlapping `block_size` windows of a split (all of them, or
+`max_windows` evenly spaced ones) in eval mode and returns per-token loss, bits per byte and
+their standard errors. The window is the unit of the standard error: with n windows of the
+same length and per-window mean losses l_i,
+
+    loss = mean_i l_i,   SE(loss) = sd(l_i) / sqrt(n)
+
+and bits per byte is a ratio of sums over windows (nats a_i, UTF-8 bytes b_i of the window's
+targets), with the ratio estimator's standard error:
+
+    bpb = sum a_i / (ln 2 * sum b_i),   SE(bpb) = sqrt(sum (a_i - R b_i)^2 / (n (n - 1))) / (ln 2 * mean b_i),
+    R = sum a_i / sum b_i
+
+Windows of one text are not independent (neighbours share topics), so these standard errors
+describe the spread over windows, not over corpora. Training ends with this evaluation of the
+best checkpoint (train, val and test when there is one); `dropsample eval` runs it on demand,
+optionally with MC dropout (the mean of K dropout-perturbed predictive distributions).
+"""
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dropsample import data as data_mod
+from dropsample import tokenizer as toks
 from dropsample.device import pick_device
 from dropsample.dropout import set_mc_dropout
 from dropsample.errors import UserError
 from dropsample.runs import RunFolder
 
+LN2 = math.log(2)
+
+
+@dataclass
+class SplitLoss:
+    loss: float  # mean next-token NLL (nats per token)
+    loss_se: float | None
+    bpb: float | None  # bits per UTF-8 byte of the predicted text
+    bpb_se: float | None
+    windows: int
+    tokens: int
+    bytes: int
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.loss)
+
+    def to_dict(self) -> dict:
+        """JSON for summaries: the fields plus perplexity and its 95% interval (exp of loss +- 1.96 SE)."""
+        d = asdict(self)
+        d["ppl"] = self.ppl
+        if self.loss_se is not None:
+            d["ppl_low"], d["ppl_high"] = math.exp(self.loss - 1.96 * self.loss_se), math.exp(self.loss + 1.96 * self.loss_se)
+        return d
+
+
+def window_starts(n_tokens: int, block: int, max_windows: int | None) -> np.ndarray:
+    """First index of each non-overlapping window (block inputs + 1 target); evenly spaced when capped."""
+    n = (n_tokens - 1) // block
+    if n < 1:
+        raise UserError(f"a split of {n_tokens} tokens holds no window of {block + 1}; use a shorter model.block_size")
+    chosen = np.arange(n) if not max_windows or max_windows >= n else np.linspace(0, n - 1, max_windows).round()
+    return np.unique(chosen.astype(np.int64)) * block
+
+
+def standard_error(values: np.ndarray) -> float | None:
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
+def ratio_se(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Standard error of sum(a) / sum(b) over n paired units (the ratio estimator)."""
+    n = len(a)
+    if n < 2 or b.sum() == 0:
+        return None
+    r = a.sum() / b.sum()
+    return float(math.sqrt(((a - r * b) ** 2).sum() / (n * (n - 1))) / b.mean())
+
 
 @torch.inference_mode()
-def split_loss(model, ids, batch_size: int = 32, max_batches: int = 0, mc_samples: int = 0, seed: int = 0) -> float:
-    """Mean next-token NLL over non-overlapping block_size windows covering the split.
+def split_loss(model, ids: np.ndarray, *, byte_lengths: np.ndarray | None = None, batch_size: int = 32,
+               max_windows: int | None = None, mc_samples: int = 0, seed: int = 0, amp=None) -> SplitLoss:
+    """Per-window NLL over non-overlapping windows of `ids`, in eval mode (see the module doc).
 
     With mc_samples = K > 0: NLL of p_bar = mean over K dropout-on passes of softmax(logits).
     """
     block = model.config.block_size
-    data = torch.as_tensor(ids.astype("int64"))
-    n_windows = (len(data) - 1) // block
+    data = torch.as_tensor(ids.astype(np.int64))
+    starts = window_starts(len(data), block, max_windows)
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
     if mc_samples:
         torch.manual_seed(seed)
-    for b, first in enumerate(range(0, n_windows, batch_size)):
-        if max_batches and b >= max_batches:
-            break
-        rows = range(first, min(first + batch_size, n_windows))
-        x = torch.stack([data[r * block : (r + 1) * block] for r in rows]).to(device)
-        y = torch.stack([data[r * block + 1 : (r + 1) * block + 1] for r in rows]).to(device)
-        if mc_samples:
-            set_mc_dropout(model, True)
-            probs = sum(F.softmax(model(x)[0].float(), dim=-1) for _ in range(mc_samples)) / mc_samples
-            set_mc_dropout(model, False)
-            nll = -probs.gather(-1, y[..., None]).clamp_min(1e-30).log()
-        else:
-            logp = F.log_softmax(model(x)[0].float(), dim=-1)
-            nll = -logp.gather(-1, y[..., None])
-        total += nll.sum().item()
-        count += nll.numel()
-    return total / max(count, 1)
+    nats = np.empty(len(starts))
+    nbytes = np.zeros(len(starts), dtype=np.int64)
+    offsets = torch.arange(block + 1)
+    try:
+        for first in range(0, len(starts), batch_size):
+            rows = data[torch.as_tensor(starts[first : first + batch_size])[:, None] + offsets]  # (b, block + 1)
+            x, y = rows[:, :-1].to(device), rows[:, 1:].to(device)
+            with amp if amp is not None else nullcontext():
+                if mc_samples:
+                    set_mc_dropout(model, True)
+                    probs = sum(F.softmax(model(x)[0].float(), dim=-1) for _ in range(mc_samples)) / mc_samples
+                    set_mc_dropout(model, False)
+                    nll = -probs.gather(-1, y[..., None]).squeeze(-1).clamp_min(1e-30).log()
+                else:
+                    nll = -F.log_softmax(model(x)[0].float(), dim=-1).gather(-1, y[..., None]).squeeze(-1)
+            nats[first : first + len(rows)] = nll.sum(dim=1).double().cpu().numpy()
+            if byte_lengths is not None:
+                nbytes[first : first + len(rows)] = byte_lengths[rows[:, 1:].numpy()].sum(axis=1)
+    finally:
+        model.train(was_training)
+    per_window = nats / block
+    total_bytes = int(nbytes.sum())
+    return SplitLoss(
+        loss=float(per_window.mean()), loss_se=standard_error(per_window),
+        bpb=float(nats.sum() / (LN2 * total_bytes)) if total_bytes else None,
+        bpb_se=ratio_se(nats, nbytes.astype(float)) / LN2 if total_bytes and len(starts) > 1 else None,
+        windows=len(starts), tokens=len(starts) * block, bytes=total_bytes,
+    )
+
+
+def evaluate_splits(model, splits: dict[str, np.ndarray], tokenizer, *, max_tokens: int | None,
+                    batch_size: int = 32, amp=None) -> dict[str, SplitLoss]:
+    """split_loss on every split, at most `max_tokens` tokens each (evenly spaced windows)."""
+    lengths = toks.token_byte_lengths(tokenizer)
+    block = model.config.block_size
+    cap = max(1, max_tokens // block) if max_tokens else None
+    return {role: split_loss(model, ids, byte_lengths=lengths, batch_size=batch_size, max_windows=cap, amp=amp)
+            for role, ids in splits.items()}
+
+
+def gap(losses: dict[str, SplitLoss]) -> tuple[float, float | None]:
+    """val - train loss and its standard error (independent splits: SEs add in quadrature)."""
+    t, v = losses["train"], losses["val"]
+    se = math.sqrt(t.loss_se ** 2 + v.loss_se ** 2) if t.loss_se is not None and v.loss_se is not None else None
+    return v.loss - t.loss, se
 
 
 def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches: int = 0) -> dict:
@@ -61,30 +160,38 @@ def eval_command(run_dir, which: str = "best", mc_samples: int = 0, max_batches:
     ckpt = run.load_checkpoint(which)
     model = ckpt.load_model(pick_device(cfg.train.device)).eval()
     splits = data_mod.prepare(cfg.data, log=lambda *a: None).splits
-    char_level = cfg.data.tokenizer == "char"
+    lengths = toks.token_byte_lengths(ckpt.tokenizer)
+    batch = 32
     results = {}
     for role in ("val", "test"):
         if role not in splits:
             continue
-        row = {"loss": split_loss(model, splits[role], max_batches=max_batches)}
+        kwargs = dict(byte_lengths=lengths, batch_size=batch, max_windows=max_batches * batch or None)
+        row = split_loss(model, splits[role], **kwargs).to_dict()
         if mc_samples:
-            row["mc_loss"] = split_loss(model, splits[role], max_batches=max_batches, mc_samples=mc_samples)
-        for key in [k for k in row]:
-            prefix = key[: -len("loss")]
-            row[f"{prefix}ppl"] = math.exp(row[key])
-            if char_level:
-                row[f"{prefix}bpc"] = row[key] / math.log(2)
+            mc = split_loss(model, splits[role], mc_samples=mc_samples, **kwargs)
+            row.update(mc_loss=mc.loss, mc_loss_se=mc.loss_se, mc_ppl=mc.ppl, mc_bpb=mc.bpb)
+        if cfg.data.tokenizer == "char":
+            row["bpc"] = row["loss"] / LN2
         results[role] = row
     record = {"checkpoint": which, "step": ckpt.state["step"], "mc_samples": mc_samples,
               "max_batches": max_batches, "splits": results}
     run.write_eval(f"{which}@{ckpt.state['step']}" + (f"+mc{mc_samples}" if mc_samples else ""), record)
     run.update_summary(eval=record)
     table = Table(title=f"{run.path.name}: {which} checkpoint (step {ckpt.state['step']})")
-    columns = sorted({k for r in results.values() for k in r})
+    columns = [("loss", "loss (nats)"), ("ppl", "ppl"), ("bpb", "bits/byte"), ("mc_ppl", "MC ppl")]
+    columns = [(k, h) for k, h in columns if any(k in r for r in results.values())]
     table.add_column("split")
-    for c in columns:
-        table.add_column(c.replace("_", " "), justify="right")
+    for _, header in columns:
+        table.add_column(header, justify="right")
     for role, row in results.items():
-        table.add_row(role, *(f"{row[c]:.4f}" for c in columns))
+        cells = []
+        for key, _ in columns:
+            se = row.get(f"{key}_se")
+            if key == "ppl" and row.get("ppl_low") is not None:
+                cells.append(f"{row['ppl']:.3f} [{row['ppl_low']:.3f}, {row['ppl_high']:.3f}]")
+            else:
+                cells.append(f"{row[key]:.4f}" + (f" ± {se:.4f}" if se is not None else ""))
+        table.add_row(role, *cells)
     Console().print(table)
     return record

@@ -111,8 +111,20 @@ class Summary:
     final_train_ppl: Optional[float] = None
     final_val_ppl: Optional[float] = None
     final_val_bpc: Optional[float] = None  # character level
-    gap: Optional[float] = None
-    ppl_ratio: Optional[float] = None
+    # training, after it completed: the best checkpoint on whole splits (evaluation.split_loss)
+    evaluation: Optional[dict] = None  # checkpoint, step, max_tokens, and per split every figure
+    val_loss: Optional[float] = None
+    val_loss_se: Optional[float] = None
+    val_ppl: Optional[float] = None
+    val_ppl_low: Optional[float] = None  # 95% interval: exp(val_loss -+ 1.96 SE)
+    val_ppl_high: Optional[float] = None
+    val_bpb: Optional[float] = None
+    val_bpb_se: Optional[float] = None
+    train_loss: Optional[float] = None
+    train_loss_se: Optional[float] = None
+    gap: Optional[float] = None  # val_loss - train_loss
+    gap_se: Optional[float] = None
+    ppl_ratio: Optional[float] = None  # exp(gap)
     tokens_seen: Optional[int] = None
     tokens_per_sec: Optional[float] = None
     wall_seconds: Optional[float] = None

@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dropsample import data as data_mod
+from dropsample import headline
 from dropsample import metrics
 from dropsample import tokenizer as toks
 from dropsample.config import check_prompt_span, resolve_samplers, validate
@@ -157,6 +158,7 @@ def sample_run(
         "reference": {m: reference.get(m) for m in HEADLINE} if reference else None,
     }
     run.update_summary(samples=samples, latest_samples=name)
+    headline.print_run(run)
     print_table(report, f"samplers on {run.path.name} ({gen.checkpoint} checkpoint, step {ckpt.state['step']})")
     return out_dir
 

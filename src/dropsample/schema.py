@@ -209,6 +209,9 @@ class TrainConfig:
     eval_interval: int = spec(250, "steps between evaluations and checkpoints", check=POSITIVE)
     eval_iters: int = spec(20, "batches per split per evaluation", check=POSITIVE)
     eval_seed: int = spec(2024, "seed of the fixed evaluation batches")
+    final_eval_tokens: Optional[int] = spec(2_000_000, "after training, evaluate the best checkpoint on up to this "
+                                            "many tokens of each split, evenly spaced windows (null: whole splits)",
+                                            check=POSITIVE)
     log_interval: int = spec(50, "plain log line cadence when output is not a terminal", check=POSITIVE,
                              result=False)
     device: str = spec("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", result=False)

@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from dropsample import sweep, training
+from dropsample import headline, sweep, training
 from dropsample.config import validate
 from dropsample.errors import UserError
 from dropsample.runs import RunFolder, Summary
@@ -50,6 +50,8 @@ def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
             except UserError as err:
                 raise RuntimeError(f"sampling after training: {err}") from None
             summary = run.update_summary(status="completed", stage=None)
+        elif summary.status == "completed":
+            headline.print_run(run, summary)
     return summary
 
 

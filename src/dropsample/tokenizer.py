@@ -74,3 +74,22 @@ def load(path: str | Path) -> Tokenizer:
 
 def kind_of(tok: Tokenizer) -> str:
     return "char" if tok.token_to_id(UNK) is not None and tok.token_to_id(END_OF_TEXT) is None else "bpe"
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """(V,) the UTF-8 bytes each token id stands for in the decoded text (bits per byte divides
+    by their sum): byte-level BPE tokens are strings over GPT-2's byte alphabet, one character
+    per byte; a character-level token is its character's UTF-8 length (`<unk>`: 1); special
+    tokens such as end-of-text stand for no text (0)."""
+    vocab = tok.get_vocab()
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    byte_level = kind_of(tok) == "bpe"
+    for text, index in vocab.items():
+        if text in special:
+            lengths[index] = 0
+        elif text == UNK:
+            lengths[index] = 1
+        else:
+            lengths[index] = len(text) if byte_level else len(text.encode("utf-8"))
+    return lengths

@@ -27,7 +27,9 @@ import torch
 from dropsample import checkpoint as ckpt
 from dropsample import data as data_mod
 from dropsample.config import validate_with_data
+from dropsample import tokenizer as toks
 from dropsample.device import autocast, pick_device, pick_dtype
+from dropsample.evaluation import evaluate_splits, gap, standard_error
 from dropsample.errors import DamagedFile
 from dropsample.dropout import DropoutRates, DropoutSchedule, resolve_rates
 from dropsample.model import GPT, GPTConfig
@@ -86,20 +88,26 @@ class Batches:
 
 
 @torch.inference_mode()
-def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, device, amp) -> dict[str, float]:
-    """Mean loss over eval_iters fixed batches per split, in eval mode."""
+def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, device, amp,
+                  byte_lengths: np.ndarray) -> dict[str, dict]:
+    """Per split: mean loss over eval_iters fixed batches (eval mode), its standard error over
+    the batches, and bits per byte of the batches' targets."""
     was_training = model.training
     model.eval()
     out = {}
     for offset, (role, ids) in enumerate(sorted(splits.items())):
         batches = Batches(ids, cfg.model.block_size, cfg.train.batch_size, device, cfg.train.eval_seed + offset)
-        losses = []
+        losses, nbytes = [], 0
         for _ in range(cfg.train.eval_iters):
             x, y = batches.next()
             with amp:
                 _, loss = model(x, y)
             losses.append(loss.item())
-        out[role] = float(np.mean(losses))
+            nbytes += int(byte_lengths[y.cpu().numpy()].sum())
+        mean = float(np.mean(losses))
+        tokens = cfg.train.eval_iters * y.numel()
+        out[role] = {"loss": mean, "se": standard_error(np.asarray(losses)),
+                     "bpb": mean * tokens / (math.log(2) * nbytes) if nbytes else None}
     model.train(was_training)
     return out
 
@@ -205,6 +213,7 @@ class Trainer:
     base_rates: DropoutRates
     batches: Batches
     state: TrainState
+    byte_lengths: np.ndarray  # (V,) UTF-8 bytes per token id, for bits per byte
     wall_start: float = 0.0
 
     @property
@@ -236,6 +245,7 @@ def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
         base_rates=base_rates,
         batches=Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed),
         state=TrainState(config_hash=config_hash(cfg)),
+        byte_lengths=toks.token_byte_lengths(data.tokenizer),
     )
 
 
@@ -276,7 +286,8 @@ def _start_summary(tr: Trainer) -> None:
 def evaluate(tr: Trainer, step: int) -> None:
     """Losses on both splits, a metrics row, checkpoints/last (and best when val improved)."""
     s, t = tr.state, tr.cfg.train
-    losses = estimate_loss(tr.model, tr.tokens, tr.cfg, tr.device, tr.amp())
+    estimates = estimate_loss(tr.model, tr.tokens, tr.cfg, tr.device, tr.amp(), tr.byte_lengths)
+    losses = {role: e["loss"] for role, e in estimates.items()}
     if not all(math.isfinite(v) for v in losses.values()):
         raise Diverged(f"non-finite eval loss at step {step}: {losses}")
     s.step, s.last_eval = step, losses
@@ -288,7 +299,9 @@ def evaluate(tr: Trainer, step: int) -> None:
     row = {
         "step": step, "tokens": s.tokens_seen,
         "train_loss": losses["train"], "val_loss": losses["val"],
+        "train_loss_se": estimates["train"]["se"], "val_loss_se": estimates["val"]["se"],
         "train_ppl": math.exp(losses["train"]), "val_ppl": math.exp(losses["val"]),
+        "train_bpb": estimates["train"]["bpb"], "val_bpb": estimates["val"]["bpb"],
         "gap": losses["val"] - losses["train"],
         "lr": lr_at(min(step, t.max_iters - 1), t),
         "dropout_factor": factor, "dropout": tr.base_rates.scaled(factor).rates(),
@@ -369,11 +382,34 @@ def finish(tr: Trainer, status: str, error: str | None) -> Summary:
         fields.update(
             final_train_loss=losses["train"], final_val_loss=losses["val"],
             final_train_ppl=math.exp(losses["train"]), final_val_ppl=math.exp(losses["val"]),
-            gap=losses["val"] - losses["train"], ppl_ratio=math.exp(losses["val"] - losses["train"]),
         )
         if tr.char_level:
             fields["final_val_bpc"] = losses["val"] / math.log(2)
     return tr.run.update_summary(**fields)
+
+
+def final_evaluation(tr: Trainer) -> None:
+    """The best checkpoint on whole splits (capped at train.final_eval_tokens), with standard
+    errors: the figures a comparison of runs stands on (see evaluation.py)."""
+    best = tr.run.load_checkpoint("best")
+    model = best.load_model(tr.device)
+    splits = {role: tr.data.splits[role] for role in ("train", "val", "test") if role in tr.data.splits}
+    cap = tr.cfg.train.final_eval_tokens
+    losses = evaluate_splits(model, splits, tr.data.tokenizer, max_tokens=cap, batch_size=tr.cfg.train.batch_size,
+                             amp=tr.amp())
+    g, g_se = gap(losses)
+    v, t = losses["val"], losses["train"]
+    log.info("best checkpoint (step %s) on %s val tokens: loss %.4f ± %.4f, %s bits/byte; gap %.4f ± %s",
+             best.state["step"], f"{v.tokens:,}", v.loss, v.loss_se or float("nan"),
+             f"{v.bpb:.4f}" if v.bpb is not None else "-", g, f"{g_se:.4f}" if g_se is not None else "-")
+    d = v.to_dict()
+    tr.run.update_summary(
+        evaluation={"checkpoint": "best", "step": best.state["step"], "max_tokens": cap,
+                    "splits": {role: loss.to_dict() for role, loss in losses.items()}},
+        val_loss=v.loss, val_loss_se=v.loss_se, val_ppl=v.ppl, val_ppl_low=d.get("ppl_low"),
+        val_ppl_high=d.get("ppl_high"), val_bpb=v.bpb, val_bpb_se=v.bpb_se,
+        train_loss=t.loss, train_loss_se=t.loss_se, gap=g, gap_se=g_se, ppl_ratio=math.exp(g),
+    )
 
 
 def _sigterm_to_interrupt(signum, frame):
@@ -397,6 +433,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, device: str | Non
     status, error = "running", None
     try:
         loop(tr, fresh=not resume)
+        final_evaluation(tr)
         status = "completed"
     except Diverged as exc:
         status, error = "diverged", str(exc)
