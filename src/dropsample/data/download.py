@@ -126,8 +126,8 @@ def _stream(url: str, target: Path, where: str, tail: str) -> tuple[str, int]:
     except (http.client.HTTPException, ConnectionError, TimeoutError, socket.timeout, ssl.SSLError) as exc:
         raise DataError(f"{where}: {_reason(exc)}{tail}") from None
     if expected is not None and size != expected:
-        raise DataError(f"{where}: received {size:,} of {expected:,} bytes (truncated download); nothing was "
-                        f"cached, try again{tail}")
+        raise DataError(f"{where}: the connection closed after {size:,} of {expected:,} bytes (truncated "
+                        f"download); nothing was cached, try again{tail}")
     return h.hexdigest(), size
 
 

@@ -39,13 +39,18 @@ from dropsample.errors import DataError
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet",
             ".csv": "csv", ".tsv": "csv"}
 COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
-LOCAL_FIX = "or use a local copy: data.path=/path/to/file_or_folder (or DROPSAMPLE_DATA_DIR for the presets)"
 
 
 def offline() -> bool:
     """HF_DATASETS_OFFLINE / HF_HUB_OFFLINE: dropsample then touches no network at all."""
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def local_fix(cfg, example: str = "file_or_folder") -> str:
+    """How to read the corpus without the network, for the end of an error line."""
+    also = f" or DROPSAMPLE_DATA_DIR=/folder/holding/{cfg.local_copy}" if cfg.local_copy else ""
+    return f"use a local copy instead: data.path=/path/to/{example}{also}"
 
 
 def data_dir() -> Path | None:
@@ -86,8 +91,7 @@ class Source:
         except DataError:
             raise
         except Exception as exc:  # datasets/pyarrow reading a damaged or mistyped file
-            raise DataError(f"{self._key}: cannot read split {split!r} of {self.dataset} "
-                            f"({type(exc).__name__}: {_first_line(exc)})") from None
+            raise DataError(f"{self._key}: cannot read split {split!r} of {self.dataset} ({_why(exc)})") from None
 
     @property
     def _key(self) -> str:
@@ -100,6 +104,8 @@ class Source:
         import datasets
 
         datasets.disable_progress_bars()
+        # failures reach the user as one DataError line; datasets would log them a second time
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         try:
             if self.data_files is not None:
                 kwargs = {"sample_by": "document"} if self.builder == "text" else {}
@@ -114,8 +120,8 @@ class Source:
             text = _first_line(exc)
             if self.hub_id and self.config and "config" in text.lower():
                 raise DataError(f"data.config: {text}") from None
-            hint = "" if self.data_files is not None else f"; {LOCAL_FIX}"
-            raise DataError(f"{self._key}: cannot open {self.dataset} ({type(exc).__name__}: {text}){hint}") from None
+            hint = "" if self.data_files is not None else "; use a local copy instead: data.path=/path/to/folder"
+            raise DataError(f"{self._key}: cannot open {self.dataset} ({_why(exc)}){hint}") from None
         return self._splits
 
     def _texts(self, split: str, column: str) -> Iterator[str]:
@@ -126,7 +132,7 @@ class Source:
         except StopIteration:
             return
         except Exception as exc:
-            raise DataError(f"{self._key}: cannot read {label} ({type(exc).__name__}: {_first_line(exc)})") from None
+            raise DataError(f"{self._key}: cannot read {label} ({_why(exc)})") from None
         if column not in first:
             raise DataError(f"data.text_column: no column {column!r} in {label}; it has "
                             f"{', '.join(map(str, first))}: set data.text_column to the one holding the text")
@@ -148,6 +154,14 @@ def _chain(first, rest):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _why(exc: BaseException) -> str:
+    """`Type: first line` of the root cause (datasets wraps parser errors in generic ones)."""
+    seen = 0
+    while exc.__cause__ is not None and seen < 10:
+        exc, seen = exc.__cause__, seen + 1
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
 # ---------------------------------------------------------------------------
@@ -209,8 +223,7 @@ def resolve(cfg, root: Path, log=print) -> Source:
             return _local(candidate, "DROPSAMPLE_DATA_DIR", cfg)
         log(f"no local copy at {candidate}; looking further")
     if cfg.url:
-        fix = (f"use a local copy instead: data.path=/path/to/{download.file_name(cfg.url)}"
-               + (f" or DROPSAMPLE_DATA_DIR=/folder/holding/{cfg.local_copy}" if cfg.local_copy else ""))
+        fix = local_fix(cfg, download.file_name(cfg.url))
         path = download.fetch(str(cfg.url), root / "downloads", sha256=cfg.sha256, fix=fix, offline=offline(), log=log)
         return Source(
             dataset=str(cfg.url), origin="data.url", builder=_builder_of(path),
@@ -291,16 +304,16 @@ def _hub(cfg, root: Path, log) -> Source:
         sha = _read_index(index).get(entry)
         if sha is None:
             raise DataError(f"data.name: hub dataset {name!r} is not available offline (HF_DATASETS_OFFLINE/"
-                            f"HF_HUB_OFFLINE set, never read here); run once online, {LOCAL_FIX}")
+                            f"HF_HUB_OFFLINE set, never read here); run once online, or {local_fix(cfg)}")
         log(f"offline: using {name} at commit {sha[:12]}, the last one read for revision {asked or 'main'}")
     else:
-        sha = _hub_commit(name, asked)
+        sha = _hub_commit(name, asked, local_fix(cfg))
         _write_index(index, {**_read_index(index), entry: sha})
     return Source(dataset=name, origin="data.name", hub_id=name, config=cfg.config, revision=sha,
                   streaming=cfg.streaming, identity={"hub": name, "config": cfg.config, "commit": sha})
 
 
-def _hub_commit(name: str, revision: str | None) -> str:
+def _hub_commit(name: str, revision: str | None, fix: str) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (GatedRepoError, HFValidationError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -321,7 +334,7 @@ def _hub_commit(name: str, revision: str | None) -> str:
                         "(owner/name)") from None
     except Exception as exc:  # no network, DNS, TLS, HTTP 5xx
         raise DataError(f"data.name: cannot reach the hub for {name!r} ({type(exc).__name__}: {_first_line(exc)}); "
-                        f"{LOCAL_FIX}") from None
+                        f"{fix}") from None
 
 
 def _read_index(path: Path) -> dict:
