@@ -135,6 +135,8 @@ def test_token_byte_lengths_by_hand():
     lengths = tokenizer.token_byte_lengths(tok)
     by_token = {t: int(lengths[i]) for t, i in tok.get_vocab().items()}
     assert by_token == {"\n": 1, "a": 1, "b": 1, "é": 2, "✓": 3, tokenizer.END_OF_TEXT: 0, tokenizer.UNK: 1}
+    known = "ab✓é\na"
+    assert lengths[tokenizer.encode(tok, known)].sum() == len(known.encode("utf-8")) == 9
     text = "Zebras ünïcode ✓ 日本語 and emoji 🦓!\n"
     bpe = tokenizer.train_tokenizer("bpe", text * 5 + "the theme then", vocab_size=300)
     lengths = tokenizer.token_byte_lengths(bpe)
@@ -268,3 +270,19 @@ def test_offline_without_local_copy_says_how_to_fix(monkeypatch, tmp_path):
         with pytest.raises(DataError, match=r"^data.name: hub dataset .* is not available offline.*data.path="):
             data.prepare(cfg, log=lambda *a: None)
     assert not (tmp_path / "tokens").exists() and not list((tmp_path).glob("downloads/*"))
+
+
+def test_folders_without_data_files_are_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"^data.path: no data files in .*empty"):
+        data.prepare(text_cfg(empty, tmp_path), log=lambda *a: None)
+    (empty / "notes.md").write_text("not a data file\n")
+    with pytest.raises(DataError, match=r"^data.path: no parquet, json/jsonl, csv or txt files in"):
+        data.prepare(text_cfg(empty, tmp_path), log=lambda *a: None)
+    (empty / "a.txt").write_text("text\n")
+    (empty / "b.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(DataError, match=r"^data.path: .* mixes json, text files; keep one format per folder"):
+        data.prepare(text_cfg(empty, tmp_path), log=lambda *a: None)
+    with pytest.raises(DataError, match=r"^data.path: .*nowhere does not exist"):
+        data.prepare(text_cfg(tmp_path / "nowhere", tmp_path), log=lambda *a: None)

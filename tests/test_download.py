@@ -161,3 +161,11 @@ def test_cli_trains_from_a_fresh_download(server, online, tmp_path, monkeypatch)
     assert record["data"]["dataset"] == f"{base}/input.txt" and record["data"]["read_from"] == "data.url"
     assert record["data"]["splits"]["train"]["bytes"] + record["data"]["splits"]["val"]["bytes"] == len(CORPUS)
     assert httpd.requests == ["/input.txt"]
+
+
+def test_network_failures_read_as_what_to_do():
+    """Failures the loopback server cannot stage (DNS, timeouts) map to words a user can act on."""
+    assert download._reason(socket.gaierror(-2, "Name or service not known")) == (
+        "cannot resolve the host name (no network? Name or service not known)")
+    assert download._reason(TimeoutError()) == f"no answer within {download.TIMEOUT_S} s (no network, or the server is down)"
+    assert download._reason(ConnectionRefusedError()).startswith("connection refused")
