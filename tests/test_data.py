@@ -225,6 +225,7 @@ def test_caps_stop_reading_and_cut_the_last_document():
 
     assert sources.take(endless(), 3, None) == (["doc0", "doc1", "doc2"], True)
     assert sources.take(iter(["ab"]), 5, 100) == (["ab"], False)
+    assert sources.take(iter(["", "ab", "", "cd"]), 2, None) == (["ab", "cd"], False)
 
 
 @needs_wikitext()

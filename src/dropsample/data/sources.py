@@ -95,7 +95,8 @@ class Source:
 
     @property
     def _key(self) -> str:
-        return {"data.name": "data.name", "data.url": "data.url"}.get(self.origin, "data.path")
+        return {"data.name": "data.name", "data.url": "data.url",
+                "DROPSAMPLE_DATA_DIR": "data.local_copy"}.get(self.origin, "data.path")
 
     def _load(self):
         """The datasets (streaming) dataset dict, opened once."""
@@ -193,10 +194,13 @@ def wikitext_articles(rows: Iterable[str]) -> Iterator[str]:
 
 def take(texts: Iterable[str], max_docs: int | None, max_chars: int | None) -> tuple[list[str], bool]:
     """The first max_docs documents, and at most max_chars characters: documents are kept
-    whole except the last, which is cut at the cap. Stops reading at the cap (streaming)."""
+    whole except the last, which is cut at the cap. Stops reading at the cap (streaming).
+    Empty documents are skipped (they would only add a second end-of-text in a row)."""
     docs: list[str] = []
     chars = 0
     for text in texts:
+        if not text:
+            continue
         if max_docs is not None and len(docs) >= max_docs:
             return docs, True
         if max_chars is not None and chars + len(text) > max_chars:
