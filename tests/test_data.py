@@ -48,6 +48,19 @@ def test_bpe_tokenizer_round_trip():
     assert tokenizer.kind_of(tok) == "bpe"
 
 
+def test_long_texts_encode_exactly_as_one_pass():
+    """Pieces are encoded in parallel, yet the ids equal one pass over the whole text, also
+    around whitespace runs before a newline (where cutting at every newline would differ)."""
+    text = (conftest.DATA_DIR / "tinyshakespeare" / "input.txt").read_text()[:30000]
+    text += "end \nnext\n\n\nX  \n \tY\n\nZ\nW \nQ\n"
+    bpe = tokenizer.train_tokenizer("bpe", text + "a \nb \n" * 300, vocab_size=400)  # learns " \n" as one token
+    assert tokenizer.encode(bpe, text).tolist() == bpe.encode(text).ids
+    lines = [i for e in bpe.encode_batch(text.splitlines(keepends=True)) for i in e.ids]
+    assert lines != bpe.encode(text).ids, "the case a newline split gets wrong is in the text"
+    char = tokenizer.train_tokenizer("char", text)
+    assert tokenizer.encode(char, text).tolist() == char.encode(text).ids
+
+
 def test_tiny_shakespeare_split_is_first_90_last_10():
     cfg = conftest.compose([]).data
     corpus = data.load_corpus(cfg, log=lambda *a: None)

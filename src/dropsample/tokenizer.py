@@ -18,6 +18,7 @@ the special token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -153,39 +154,55 @@ def _lines(text: str) -> list[str]:
     return text.splitlines(keepends=True)
 
 
+# Between "<non-space>\n" and a non-space character no byte-level (GPT-2) pre-token can span:
+# the newline is a pre-token of its own either way. Splitting only there makes encoding the
+# pieces in parallel give exactly the ids of encoding the whole text in one pass (splitting at
+# every newline would not: a chunk ending in " \n" pre-tokenizes that run as one piece).
+SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
 def _id_dtype(tok: Tokenizer):
     return np.uint16 if tok.get_vocab_size() < 2**16 else np.int32
 
 
+def _splits_safely(tok: Tokenizer) -> bool:
+    """Whether SAFE_SPLIT pieces encode exactly as the whole text (char level, GPT-2-style BPE)."""
+    if isinstance(tok.model, models.WordLevel):
+        return True
+    pre = tok.pre_tokenizer
+    return (tok.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel)
+            and not getattr(pre, "add_prefix_space", True))
+
+
 def encode(tok: Tokenizer, text: str) -> np.ndarray:
-    """Token ids of a long text. Encodes line by line (in parallel): for char level this is
-    exact; for byte-level BPE, tokens never span a newline anyway (GPT-2's pre-tokenizer
-    splits there), so only runs of blank lines may tokenize differently than in one pass."""
+    """Token ids of a long text, exactly as one pass over it would give."""
     return encode_documents(tok, [text])
 
 
-def encode_documents(tok: Tokenizer, docs: Sequence[str], batch_lines: int = 65536) -> np.ndarray:
+def encode_documents(tok: Tokenizer, docs: Sequence[str], batch_pieces: int = 65536) -> np.ndarray:
     """Ids of documents joined by the end-of-text id: d1 <eot> d2 <eot> ... dn (none after
-    the last). Literal "<|endoftext|>" inside a document is encoded as text."""
+    the last). Each document gets exactly the ids of encoding it alone; long documents are
+    cut at SAFE_SPLIT points and the pieces encoded in parallel. A literal "<|endoftext|>"
+    inside a document is encoded as text."""
     eot = end_of_text_id(tok)
     if len(docs) > 1 and eot is None:
         raise ValueError("this tokenizer has no <|endoftext|> to join documents with")
+    split = SAFE_SPLIT.split if _splits_safely(tok) else (lambda doc: [doc])
     saved = tok.encode_special_tokens
     tok.encode_special_tokens = True
     try:
         pieces: list[np.ndarray] = []
-        lines: list[str | None] = []  # None marks a join
+        texts: list[str | None] = []  # None marks a join
         for i, doc in enumerate(docs):
             if i:
-                lines.append(None)
-            lines.extend(_lines(doc))
+                texts.append(None)
+            texts.extend(p for p in split(doc) if p)
         dtype = _id_dtype(tok)
-        for start in range(0, len(lines), batch_lines):  # bounded memory for large corpora
-            chunk = lines[start : start + batch_lines]
-            texts = [line for line in chunk if line is not None]
-            encoded = iter(tok.encode_batch(texts))
-            for line in chunk:
-                ids = [eot] if line is None else next(encoded).ids
+        for start in range(0, len(texts), batch_pieces):  # bounded memory for large corpora
+            chunk = texts[start : start + batch_pieces]
+            encoded = iter(tok.encode_batch([t for t in chunk if t is not None]))
+            for t in chunk:
+                ids = [eot] if t is None else next(encoded).ids
                 pieces.append(np.asarray(ids, dtype=dtype))
     finally:
         tok.encode_special_tokens = saved
