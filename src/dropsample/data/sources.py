@@ -119,7 +119,7 @@ class Source:
                                                      streaming=self.streaming)
         except Exception as exc:
             text = _first_line(exc)
-            if self.hub_id and self.config and "config" in text.lower():
+            if self.hub_id and "config" in text.lower():  # a missing or unknown configuration
                 raise DataError(f"data.config: {text}") from None
             hint = "" if self.data_files is not None else "; use a local copy instead: data.path=/path/to/folder"
             raise DataError(f"{self._key}: cannot open {self.dataset} ({_why(exc)}){hint}") from None
