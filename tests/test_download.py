@@ -15,8 +15,11 @@ from dropsample import data
 from dropsample.data import download
 from dropsample.errors import DataError
 
-CORPUS = (conftest.DATA_DIR / "tinyshakespeare" / "input.txt").read_bytes()
-SHA = hashlib.sha256(CORPUS).hexdigest()
+
+
+def corpus_bytes() -> bytes:
+    """Tiny Shakespeare as the server sends it (read at test time: conftest may fetch it first)."""
+    return (conftest.DATA_DIR / "tinyshakespeare" / "input.txt").read_bytes()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -24,12 +27,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.server.requests.append(self.path)
+        body = self.server.corpus
         if self.path == "/input.txt":
-            self._send(200, CORPUS, len(CORPUS))
+            self._send(200, body, len(body))
         elif self.path == "/error":
             self._send(500, b"boom", 4)
         elif self.path == "/truncated":
-            self._send(200, CORPUS[: len(CORPUS) // 2], len(CORPUS))
+            self._send(200, body[: len(body) // 2], len(body))
         else:
             self._send(404, b"not here", 8)
 
@@ -50,6 +54,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.requests = []
+    httpd.corpus = corpus_bytes()
     httpd.timeout = 5
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -83,12 +88,13 @@ def cache_entries(root):
 def test_download_verifies_caches_and_reuses_without_the_network(server, online, tmp_path):
     httpd, base = server
     root = tmp_path / "downloads"
-    path = download.fetch(f"{base}/input.txt", root, sha256=SHA, log=lambda *a: None)
-    assert path.read_bytes() == CORPUS and path.name == "input.txt"
-    assert download.checksum_of(path) == SHA
+    sha = hashlib.sha256(httpd.corpus).hexdigest()
+    path = download.fetch(f"{base}/input.txt", root, sha256=sha, log=lambda *a: None)
+    assert path.read_bytes() == httpd.corpus and path.name == "input.txt"
+    assert download.checksum_of(path) == sha
     assert httpd.requests == ["/input.txt"]
     httpd.shutdown()  # the second call must not need the server at all
-    again = download.fetch(f"{base}/input.txt", root, sha256=SHA, log=lambda *a: None)
+    again = download.fetch(f"{base}/input.txt", root, sha256=sha, log=lambda *a: None)
     assert again == path and httpd.requests == ["/input.txt"]
     assert len(cache_entries(root)) == 1
 
@@ -97,7 +103,7 @@ def test_prepare_downloads_once_then_reads_the_cache(server, online, tmp_path):
     httpd, base = server
     cfg = conftest.compose([f"data.url={base}/input.txt", f"data.cache_dir={tmp_path}"]).data
     first = data.prepare(cfg, log=lambda *a: None)
-    n_val = int(len(CORPUS) * 0.1)
+    n_val = int(len(httpd.corpus) * 0.1)
     assert first.describe()["splits"]["val"]["bytes"] == n_val
     assert first.describe()["dataset"] == f"{base}/input.txt" and first.describe()["read_from"] == "data.url"
     second = data.prepare(cfg, log=lambda *a: None)
@@ -108,12 +114,14 @@ def test_prepare_downloads_once_then_reads_the_cache(server, online, tmp_path):
 @pytest.mark.parametrize("path, sha, message", [
     ("/missing", None, r"the server answered HTTP 404 Not Found"),
     ("/error", None, r"the server answered HTTP 500 Internal Server Error"),
-    ("/truncated", None, rf"the connection closed after {len(CORPUS) // 2:,} of {len(CORPUS):,} bytes \(truncated download\)"),
-    ("/input.txt", "0" * 64, rf"checksum mismatch: the downloaded file's sha256 is {SHA}, expected 0{{64}}"),
+    ("/truncated", None, r"the connection closed after {half:,} of {size:,} bytes \(truncated download\)"),
+    ("/input.txt", "0" * 64, r"checksum mismatch: the downloaded file's sha256 is {sha}, expected 0{{64}}"),
 ])
 def test_failed_downloads_are_one_line_and_cache_nothing(server, online, tmp_path, path, sha, message):
     httpd, base = server
     root = tmp_path / "downloads"
+    body = httpd.corpus
+    message = message.format(half=len(body) // 2, size=len(body), sha=hashlib.sha256(body).hexdigest())
     with pytest.raises(DataError, match=rf"^data.url: {base}{path}: {message}.*data.path=") as err:
         download.fetch(f"{base}{path}", root, sha256=sha, fix="use a local copy: data.path=...", log=lambda *a: None)
     assert "\n" not in str(err.value)
@@ -159,7 +167,7 @@ def test_cli_trains_from_a_fresh_download(server, online, tmp_path, monkeypatch)
     record = json.loads(summary.read_text())
     assert record["status"] == "completed"
     assert record["data"]["dataset"] == f"{base}/input.txt" and record["data"]["read_from"] == "data.url"
-    assert record["data"]["splits"]["train"]["bytes"] + record["data"]["splits"]["val"]["bytes"] == len(CORPUS)
+    assert record["data"]["splits"]["train"]["bytes"] + record["data"]["splits"]["val"]["bytes"] == len(httpd.corpus)
     assert httpd.requests == ["/input.txt"]
 
 
