@@ -29,17 +29,18 @@ TINY = [
 
 
 def _download_tiny_shakespeare() -> Path:
-    """Online without a local copy: fetch the corpus once through dropsample's own loader."""
+    """Online without a local copy: fetch the corpus once through dropsample's own downloader."""
     global DATA_DIR
-    from dropsample import data
+    from dropsample.config import compose
+    from dropsample.data import download
 
+    preset = compose([]).data
     target = Path(os.environ.get("DROPSAMPLE_CACHE_DIR", Path.home() / ".cache" / "dropsample")) / "testdata"
     corpus = target / "tinyshakespeare" / "input.txt"
     if not corpus.is_file():
-        url = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-        text = data._read_with_datasets(url)
+        fetched = download.fetch(preset.url, target / "downloads", sha256=preset.sha256)
         corpus.parent.mkdir(parents=True, exist_ok=True)
-        corpus.write_text(text)
+        corpus.write_bytes(fetched.read_bytes())
     DATA_DIR = target
     return target
 

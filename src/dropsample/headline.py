@@ -28,7 +28,8 @@ def dropout_line(summary: Summary) -> str:
 
 def lines(run: RunFolder, summary: Summary | None = None) -> list[str]:
     s = summary or run.summary()
-    out = [f"run      {run.path}", f"status   {s.status}" + (f" after {s.steps} steps" if s.steps is not None else ""),
+    status = "training completed, now sampling" if s.stage == "sampling" else s.status
+    out = [f"run      {run.path}", f"status   {status}" + (f" ({s.steps} steps)" if s.steps is not None else ""),
            f"dropout  {dropout_line(s)}"]
     if s.val_loss is not None:
         ev = s.evaluation or {}

@@ -93,7 +93,7 @@ class Summary:
     config_hash: Optional[str] = None  # schema.config_hash: the configuration's identity
     experiment: Optional[str] = None
     name: Optional[str] = None
-    data: Optional[dict] = None  # corpus, tokenizer, vocab_size, sources, tokens per split
+    data: Optional[dict] = None  # train: data.TokenizedData.describe() (what was read, per-role documents/chars/bytes/tokens)
     dropout: Optional[dict] = None  # resolved base rate per site and variant
     dropout_schedule: Optional[str] = None
     params: Optional[int] = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
@@ -31,7 +32,8 @@ SITES = ("embd", "attn", "resid_attn", "mlp_hidden", "resid_mlp", "head")
 LOCKABLE_SITES = ("embd", "resid_attn", "mlp_hidden", "resid_mlp", "head")
 VARIANTS = ("word", "drop_head", "drop_path")
 SCHEDULES = ("constant", "early", "late", "linear", "val_plateau")
-TOKENIZERS = ("char", "bpe")
+TOKENIZERS = ("char", "bpe", "gpt2")
+DOCUMENT_MODES = ("rows", "wikitext")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
 CHECKPOINTS = ("best", "last")
@@ -123,20 +125,39 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = spec("tiny_shakespeare", "corpus: tiny_shakespeare, wikitext2 or text",
-                     check=OneOf(("tiny_shakespeare", "wikitext2", "text")))
-    path: Optional[str] = spec(None, "local file or folder (null: DROPSAMPLE_DATA_DIR, then the download)")
-    url: Optional[str] = spec(None, "where to download the corpus when there is no local copy")
-    hub_id: Optional[str] = spec(None, "hub dataset id (wikitext2)")
-    hub_config: Optional[str] = spec(None, "hub dataset config (wikitext2)")
-    tokenizer: str = spec("char", "char or bpe (byte-level BPE trained on the training split)",
-                          check=OneOf(TOKENIZERS))
-    vocab_size: int = spec(1024, "BPE vocabulary size (>= 257)")
-    val_fraction: float = spec(0.1, "single-file corpora: the last fraction validates",
+    """What text to read (the first source that applies: `path`, `local_copy` under
+    $DROPSAMPLE_DATA_DIR, `url`, then `name`), which split plays which role, and the tokenizer."""
+
+    name: str = spec("tiny_shakespeare", "the dataset: a hub id (roneneldan/TinyStories) or a local file or folder "
+                     "(parquet, json/jsonl, csv, txt); a label when `url` or `local_copy` supply the text")
+    config: Optional[str] = spec(None, "hub dataset configuration, e.g. wikitext-2-raw-v1")
+    revision: Optional[str] = spec(None, "hub branch, tag or commit (null: main); the commit read is recorded")
+    path: Optional[str] = spec(None, "a local file or folder that wins over every other source")
+    local_copy: Optional[str] = spec(None, "file or folder under $DROPSAMPLE_DATA_DIR, used when both exist")
+    url: Optional[str] = spec(None, "a file downloaded once into the cache when there is no local copy")
+    sha256: Optional[str] = spec(None, "expected sha256 of the `url` file (a mismatch caches nothing)")
+    text_column: str = spec("text", "the column holding the text (json, parquet, csv, hub datasets)")
+    documents: str = spec("rows", "rows: every row (a text file: the whole file) is a document; wikitext: "
+                          "lines regrouped into articles at each ' = Title = ' heading", check=OneOf(DOCUMENT_MODES))
+    splits: Optional[Dict[str, Optional[str]]] = spec(
+        help="role (train/val/test) -> split name; null: the source's validation/test split if it has one, "
+             "else val carved from train (test only when test_fraction > 0)",
+        factory=lambda: {"train": "train", "val": None, "test": None})
+    val_fraction: float = spec(0.1, "carving: the last fraction of train validates",
                                check=Range(0.0, 1.0, low_open=True, high_open=True))
-    test_fraction: float = spec(0.0, "single-file corpora: fraction before validation held out as test",
+    test_fraction: float = spec(0.0, "carving: the fraction before validation held out as test",
                                 check=Range(0.0, 1.0, high_open=True))
-    splits: Optional[Dict[str, Optional[str]]] = spec(None, "corpus split per role (train/val/test), wikitext2")
+    max_docs: Optional[int] = spec(None, "read at most this many documents of each split (null: all)",
+                                   check=POSITIVE)
+    max_chars: Optional[int] = spec(None, "read at most this many characters of each split (null: all)",
+                                    check=POSITIVE)
+    streaming: bool = spec(True, "read through datasets' streaming mode: no copy on disk, reading stops at the "
+                           "caps; false keeps datasets' own cache (hub data then works offline later)", result=False)
+    tokenizer: str = spec("char", "char, bpe (byte-level BPE trained on the training split) or gpt2 (pretrained)",
+                          check=OneOf(TOKENIZERS))
+    tokenizer_path: Optional[str] = spec(None, "gpt2: a tokenizer.json, a folder holding one, or a hub model id "
+                                         "(null: the hub's gpt2)")
+    vocab_size: int = spec(1024, "BPE vocabulary size (>= 257)")
     cache_dir: Optional[str] = spec(None, "tokenized data cache (null: DROPSAMPLE_CACHE_DIR or ~/.cache/dropsample)",
                                     result=False)
 
@@ -148,6 +169,12 @@ class DataConfig:
             raise ConfigError(f"{prefix}val_fraction", "val_fraction + test_fraction must leave some text for training")
         for role in self.splits or {}:
             OneOf(("train", "val", "test"))(f"{prefix}splits", role)
+        if self.splits and "train" in self.splits and not self.splits["train"]:
+            raise ConfigError(f"{prefix}splits.train", "must name the split to train on, e.g. train")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", str(self.sha256)):
+            raise ConfigError(f"{prefix}sha256", f"got {self.sha256!r}; a sha256 is 64 hex digits (or null: no check)")
+        if not str(self.name).strip():
+            raise ConfigError(f"{prefix}name", "is empty; give a hub dataset id or a local file or folder")
 
 
 @dataclass

@@ -275,8 +275,7 @@ def _start_summary(tr: Trainer) -> None:
     tr.run.update_summary(
         status="running", error=None, experiment=cfg.experiment_name, name=cfg.name,
         config_hash=tr.state.config_hash,
-        data={"corpus": cfg.data.name, "tokenizer": cfg.data.tokenizer, "vocab_size": tr.data.vocab_size,
-              "sources": tr.data.sources, "tokens": {r: int(len(a)) for r, a in tr.data.splits.items()}},
+        data=tr.data.describe(),
         dropout=tr.base_rates.to_dict(), dropout_schedule=cfg.dropout.schedule.kind,
         params=tr.model.num_params(), device=str(tr.device), dtype=str(tr.dtype).replace("torch.", ""),
         torch_version=torch.__version__, cpu_threads=torch.get_num_threads(),
