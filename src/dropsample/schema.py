@@ -34,6 +34,7 @@ SCHEDULES = ("constant", "early", "late", "linear", "val_plateau")
 TOKENIZERS = ("char", "bpe")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
+WARPERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta")  # sampling-only settings
 CHECKPOINTS = ("best", "last")
 
 
@@ -229,6 +230,7 @@ class GenConfig:
     num_samples: int = spec(32, "prompts, and samples per sampler", check=POSITIVE)
     prompt_tokens: int = spec(32, "prompt length taken from the val split", check=POSITIVE)
     max_new_tokens: int = spec(128, "tokens generated per sample", check=POSITIVE)
+    min_new_tokens: int = spec(0, "end-of-text cannot end a sample before this many new tokens", check=COUNT)
     batch_size: int = spec(32, "samples generated at once", check=POSITIVE, result=False)
     seed: int = spec(0, "sample i uses seed + i")
     prompt: Optional[str] = spec(None, "one prompt text for every sample instead of val prefixes")
@@ -237,6 +239,10 @@ class GenConfig:
     checkpoint: str = spec("best", "best or last", check=OneOf(CHECKPOINTS))
     mc_dropout: bool = spec(False, "add greedy decoding with dropout kept on")
     name: Optional[str] = spec(None, "samples/<name>/ (null: a timestamp)", result=False)
+
+    def check(self, prefix: str) -> None:
+        Range(0, self.max_new_tokens, allowed=f"must be in [0, {prefix}max_new_tokens={self.max_new_tokens}]")(
+            f"{prefix}min_new_tokens", self.min_new_tokens)
 
 
 DEFAULT_SAMPLERS = ["greedy", "pure", "temp_0.7", "top_k_40", "top_p_0.9", "min_p_0.1", "typical_0.95"]
@@ -286,10 +292,22 @@ class SamplerSettings:
     def check(self, prefix: str) -> None:
         if self.strategy == "contrastive":
             Range(1, allowed="contrastive search needs top_k >= 1")(f"{prefix}top_k", self.top_k)
+        if self.strategy != "sample":
+            # as in transformers, these reshape the distribution a sample is drawn from: only sampling uses them
+            for name in WARPERS:
+                value = getattr(self, name)
+                neutral = (name == "top_k" and self.strategy == "contrastive") or (
+                    name == "temperature" and self.strategy == "greedy" and value == 0)
+                if value != _DEFAULTS[name] and not neutral:
+                    raise ConfigError(f"{prefix}{name}", f"got {value!r}, but only strategy=sample uses it "
+                                      f"({self.strategy} does not sample); remove it or use strategy=sample")
 
     def changed(self) -> dict:
         """Only the settings that differ from their defaults (what names and files show)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+_DEFAULTS = {f.name: f.default for f in fields(SamplerSettings)}
 
 
 @dataclass

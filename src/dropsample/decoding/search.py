@@ -9,6 +9,9 @@ exactly the same tokens at the same positions:
 Sampling is reproducible per sample: sample i draws its token at step t by inverse-CDF
 with u[i, t], a uniform from its own generator seeded with seeds[i], so a sample does
 not depend on which other samples share its batch.
+
+End-of-text (`Request.eos_id`) ends a completion under every strategy and is not part of
+it; `Request.min_new_tokens` bars it until that many tokens follow the prompt.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Request:
     max_new_tokens: int
     seeds: list[int]
     eos_id: int | None = None
+    min_new_tokens: int = 0  # end-of-text is impossible before this many new tokens
     stop_strings: tuple[str, ...] = ()
     decode: object = None  # ids -> text, needed for stop strings
 
@@ -96,6 +100,12 @@ def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
+def _chain(sampler: Sampler, req: Request):
+    """The sampler's processors, with end-of-text barred for the first req.min_new_tokens tokens."""
+    return build_processors(sampler.settings, eos_id=req.eos_id, min_new_tokens=req.min_new_tokens,
+                            prompt_len=req.prompts.shape[1])
+
+
 class Finish:
     """Tracks which rows hit end-of-text or a stop string; lengths exclude end-of-text."""
 
@@ -130,7 +140,7 @@ def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True)
         return beam_search(model, sampler, req, use_cache)
     if strategy == "contrastive":
         return contrastive_search(model, sampler, req, use_cache)
-    chain = build_processors(sampler.settings)
+    chain = _chain(sampler, req)
     seq = req.prompts
     B, P = seq.shape
     ctx = Context(model, B, use_cache)
@@ -160,7 +170,7 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
     """
     K = sampler.settings.num_beams
     alpha = sampler.settings.length_penalty
-    chain = build_processors(sampler.settings)
+    chain = _chain(sampler, req)
     B, P = req.prompts.shape
     device = req.prompts.device
     N = req.max_new_tokens
@@ -226,7 +236,7 @@ def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bo
     where h are final hidden states and j runs over the context (prompt included)."""
     k = sampler.settings.top_k
     alpha = sampler.settings.penalty_alpha
-    chain = build_processors(sampler.settings)
+    chain = _chain(sampler, req)
     seq = req.prompts
     B, P = seq.shape
     ctx = Context(model, B, use_cache)
