@@ -285,7 +285,9 @@ class SamplerSettings:
                                      check=Range(0.0, low_open=True, allowed="must be > 0 (1 = off)"))
     no_repeat_ngram_size: int = spec(0, "ban repeating n-grams of this size (0 = off)", check=COUNT)
     num_beams: int = spec(4, "beam: hypotheses kept", check=POSITIVE)
-    length_penalty: float = spec(1.0, "beam: score = sum log p / length ** length_penalty")
+    length_penalty: float = spec(1.0, "beam: score = sum log p / length ** length_penalty (end-of-text counted)")
+    early_stopping: bool = spec(False, "beam: a prompt stops at num_beams ended hypotheses (false: when no live "
+                                "beam can beat the worst of them)")
     penalty_alpha: float = spec(0.6, "contrastive: weight of the degeneration penalty", check=UNIT)
     mc_dropout: bool = spec(False, "keep the model's dropout on while decoding")
 
