@@ -234,8 +234,18 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
 
 @torch.inference_mode()
 def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
-    """Su et al. 2022: among the top-k tokens pick argmax (1 - alpha) p(v) - alpha max_j cos(h_v, h_j),
-    where h are final hidden states and j runs over the context (prompt included)."""
+    """Contrastive search (Su et al. 2022; SimCTG's reference code).
+
+    Each step, the candidates V(k) are the top_k tokens of p = softmax(logits) over the
+    whole vocabulary (after penalties and min_new_tokens; no warper), and the next token is
+
+        argmax over v in V(k) of  (1 - alpha) p(v) - alpha max_j cos(h_v, h_j)
+
+    with h the last layer's hidden states (after the final LayerNorm, as transformers'
+    hidden_states[-1]): h_v of v appended to the sequence, h_j of every earlier token the
+    model sees (prompt and generated, within the context window). A token a processor
+    removed is never chosen.
+    """
     k = sampler.settings.top_k
     alpha = sampler.settings.penalty_alpha
     chain = _chain(sampler, req)
@@ -245,8 +255,10 @@ def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bo
     finish = Finish(req, B, P, seq.device)
     logits, past, _ = ctx.prime(seq)  # past: final hidden states of the context (B, L, C)
     for _ in range(req.max_new_tokens):
-        probs = torch.softmax(apply_processors(chain, seq, logits.float()), dim=-1)
+        scores = apply_processors(chain, seq, logits.float())
+        probs = torch.softmax(scores, dim=-1)
         top_p, top_ids = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
+        removed = scores.gather(1, top_ids) == float("-inf")
         kk = top_ids.shape[1]
         # one forward of every candidate: widen the batch to B * k
         wide = seq.repeat_interleave(kk, dim=0)
@@ -258,7 +270,7 @@ def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bo
         # after a window restart the context is the new window's own hidden states
         context_h = cand_h[:, :-1] if restarted else past.repeat_interleave(kk, dim=0)
         sim = F.cosine_similarity(h[:, None, :], context_h, dim=-1).amax(dim=-1).view(B, kk)
-        score = (1 - alpha) * top_p - alpha * sim
+        score = ((1 - alpha) * top_p - alpha * sim).masked_fill(removed, float("-inf"))
         choice = score.argmax(dim=-1)  # (B,)
         rows = torch.arange(B, device=seq.device) * kk + choice
         token = top_ids.gather(1, choice[:, None]).squeeze(1)
