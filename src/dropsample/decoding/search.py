@@ -229,7 +229,7 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
             break
         logits, _, _ = ctx.advance(seq)
     # the pool is kept best first, and by now every prompt's pool holds an ended hypothesis
-    return [pool_seqs[b, 0, : pool_lens[b, 0]].tolist() for b in range(B)]
+    return [row[:n] for row, n in zip(pool_seqs[:, 0].tolist(), pool_lens[:, 0].tolist())]
 
 
 @torch.inference_mode()
