@@ -79,6 +79,7 @@ def _generate_all(model, sampler: Sampler, prompts, gen, eos_id, decode) -> list
                     max_new_tokens=gen.max_new_tokens,
                     seeds=[gen.seed + i for i in chunk],
                     eos_id=eos_id,
+                    min_new_tokens=gen.min_new_tokens,
                     stop_strings=tuple(gen.stop or ()),
                     decode=decode,
                 )

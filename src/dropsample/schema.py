@@ -36,6 +36,7 @@ TOKENIZERS = ("char", "bpe", "gpt2")
 DOCUMENT_MODES = ("rows", "wikitext")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STRATEGIES = ("greedy", "sample", "beam", "contrastive")
+WARPERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta")  # sampling-only settings
 CHECKPOINTS = ("best", "last")
 
 
@@ -259,6 +260,7 @@ class GenConfig:
     num_samples: int = spec(32, "prompts, and samples per sampler", check=POSITIVE)
     prompt_tokens: int = spec(32, "prompt length taken from the val split", check=POSITIVE)
     max_new_tokens: int = spec(128, "tokens generated per sample", check=POSITIVE)
+    min_new_tokens: int = spec(0, "end-of-text cannot end a sample before this many new tokens", check=COUNT)
     batch_size: int = spec(32, "samples generated at once", check=POSITIVE, result=False)
     seed: int = spec(0, "sample i uses seed + i")
     prompt: Optional[str] = spec(None, "one prompt text for every sample instead of val prefixes")
@@ -267,6 +269,10 @@ class GenConfig:
     checkpoint: str = spec("best", "best or last", check=OneOf(CHECKPOINTS))
     mc_dropout: bool = spec(False, "add greedy decoding with dropout kept on")
     name: Optional[str] = spec(None, "samples/<name>/ (null: a timestamp)", result=False)
+
+    def check(self, prefix: str) -> None:
+        Range(0, self.max_new_tokens, allowed=f"must be in [0, {prefix}max_new_tokens={self.max_new_tokens}]")(
+            f"{prefix}min_new_tokens", self.min_new_tokens)
 
 
 DEFAULT_SAMPLERS = ["greedy", "pure", "temp_0.7", "top_k_40", "top_p_0.9", "min_p_0.1", "typical_0.95"]
@@ -309,17 +315,31 @@ class SamplerSettings:
                                      check=Range(0.0, low_open=True, allowed="must be > 0 (1 = off)"))
     no_repeat_ngram_size: int = spec(0, "ban repeating n-grams of this size (0 = off)", check=COUNT)
     num_beams: int = spec(4, "beam: hypotheses kept", check=POSITIVE)
-    length_penalty: float = spec(1.0, "beam: score = sum log p / length ** length_penalty")
+    length_penalty: float = spec(1.0, "beam: score = sum log p / length ** length_penalty (end-of-text counted)")
+    early_stopping: bool = spec(False, "beam: a prompt stops at num_beams ended hypotheses (false: when no live "
+                                "beam can beat the worst of them)")
     penalty_alpha: float = spec(0.6, "contrastive: weight of the degeneration penalty", check=UNIT)
     mc_dropout: bool = spec(False, "keep the model's dropout on while decoding")
 
     def check(self, prefix: str) -> None:
         if self.strategy == "contrastive":
             Range(1, allowed="contrastive search needs top_k >= 1")(f"{prefix}top_k", self.top_k)
+        if self.strategy != "sample":
+            # as in transformers, these reshape the distribution a sample is drawn from: only sampling uses them
+            for name in WARPERS:
+                value = getattr(self, name)
+                neutral = (name == "top_k" and self.strategy == "contrastive") or (
+                    name == "temperature" and self.strategy == "greedy" and value == 0)
+                if value != _DEFAULTS[name] and not neutral:
+                    raise ConfigError(f"{prefix}{name}", f"got {value!r}, but only strategy=sample uses it "
+                                      f"({self.strategy} does not sample); remove it or use strategy=sample")
 
     def changed(self) -> dict:
         """Only the settings that differ from their defaults (what names and files show)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+_DEFAULTS = {f.name: f.default for f in fields(SamplerSettings)}
 
 
 @dataclass

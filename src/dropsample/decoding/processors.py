@@ -4,8 +4,12 @@ One contract for every processor: `(input_ids: LongTensor[B, T], logits: FloatTe
 -> FloatTensor[B, V]`, removed tokens set to -inf, at least `min_tokens_to_keep` (1)
 tokens kept. `build_processors(settings)` composes them in transformers' order:
 
-    repetition_penalty, no_repeat_ngram_size,            (penalties)
-    temperature, top_k, top_p, min_p, typical_p, epsilon, eta   (warpers)
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens   (every strategy)
+    temperature, top_k, top_p, min_p, typical_p, epsilon, eta   (warpers: sampling only)
+
+As in transformers' generate, the warpers shape the distribution a sample is drawn from and
+so belong to `strategy: sample` alone; greedy, beam and contrastive search see only the
+penalties and the end-of-text rule (schema.SamplerSettings refuses warpers on them).
 
 Semantics follow transformers' LogitsProcessors, including ties at the k-th value
 (kept) and `<=`/`<` boundaries; tests compare against them. Constructors check their own
@@ -156,6 +160,21 @@ class Typical(LogitsProcessor):
         return logits.masked_fill(drop.scatter(1, order, drop), NEG_INF)
 
 
+class MinNewTokens(LogitsProcessor):
+    """End-of-text is impossible while fewer than min_new_tokens tokens follow the prompt."""
+
+    def __init__(self, prompt_len: int, min_new_tokens: int, eos_id: int):
+        for name, value in (("prompt_len", prompt_len), ("min_new_tokens", min_new_tokens), ("eos_id", eos_id)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        self.prompt_len, self.min_new_tokens, self.eos_id = prompt_len, min_new_tokens, eos_id
+
+    def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] - self.prompt_len >= self.min_new_tokens:
+            return logits
+        return logits.index_fill(1, torch.tensor([self.eos_id], device=logits.device), NEG_INF)
+
+
 def _keep_top(logits: torch.Tensor, drop: torch.Tensor, min_keep: int) -> torch.Tensor:
     """Never drop the min_keep highest logits."""
     kth = torch.topk(logits, min(min_keep, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -191,8 +210,11 @@ class Eta(LogitsProcessor):
         return logits.masked_fill(drop, NEG_INF)
 
 
-def build_processors(settings: SamplerSettings | Mapping) -> list[LogitsProcessor]:
-    """The ordered processor chain for sampler settings (keys as in conf/sampler/*.yaml)."""
+def build_processors(settings: SamplerSettings | Mapping, *, eos_id: int | None = None, min_new_tokens: int = 0,
+                     prompt_len: int = 0) -> list[LogitsProcessor]:
+    """The ordered processor chain for sampler settings (keys as in conf/sampler/*.yaml); with an
+    end-of-text id and min_new_tokens > 0, end-of-text is barred for the first tokens after a
+    prompt of prompt_len tokens."""
     if isinstance(settings, Mapping):
         settings = sampler_settings(dict(settings))
     s = settings
@@ -201,9 +223,15 @@ def build_processors(settings: SamplerSettings | Mapping) -> list[LogitsProcesso
         chain.append(RepetitionPenalty(s.repetition_penalty))
     if s.no_repeat_ngram_size != 0:
         chain.append(NoRepeatNGram(s.no_repeat_ngram_size))
+    if eos_id is not None and min_new_tokens > 0:
+        chain.append(MinNewTokens(prompt_len, min_new_tokens, eos_id))
+    if s.strategy != "sample" or s.temperature == 0:
+        # greedy (also temperature 0, the limit T -> 0), beam and contrastive search take no
+        # warpers; contrastive search's top_k counts its candidates
+        return chain
     if s.temperature not in (0, 1.0):
         chain.append(Temperature(s.temperature))
-    if s.top_k != 0 and s.strategy != "contrastive":  # contrastive search's top_k counts candidates
+    if s.top_k != 0:
         chain.append(TopK(s.top_k))
     if s.top_p != 1.0:
         chain.append(TopP(s.top_p))

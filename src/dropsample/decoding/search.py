@@ -9,6 +9,9 @@ exactly the same tokens at the same positions:
 Sampling is reproducible per sample: sample i draws its token at step t by inverse-CDF
 with u[i, t], a uniform from its own generator seeded with seeds[i], so a sample does
 not depend on which other samples share its batch.
+
+End-of-text (`Request.eos_id`) ends a completion under every strategy and is not part of
+it; `Request.min_new_tokens` bars it until that many tokens follow the prompt.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Request:
     max_new_tokens: int
     seeds: list[int]
     eos_id: int | None = None
+    min_new_tokens: int = 0  # end-of-text is impossible before this many new tokens
     stop_strings: tuple[str, ...] = ()
     decode: object = None  # ids -> text, needed for stop strings
 
@@ -96,6 +100,12 @@ def sample_from(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_(max=logits.shape[-1] - 1)
 
 
+def _chain(sampler: Sampler, req: Request):
+    """The sampler's processors, with end-of-text barred for the first req.min_new_tokens tokens."""
+    return build_processors(sampler.settings, eos_id=req.eos_id, min_new_tokens=req.min_new_tokens,
+                            prompt_len=req.prompts.shape[1])
+
+
 class Finish:
     """Tracks which rows hit end-of-text or a stop string; lengths exclude end-of-text."""
 
@@ -130,7 +140,7 @@ def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True)
         return beam_search(model, sampler, req, use_cache)
     if strategy == "contrastive":
         return contrastive_search(model, sampler, req, use_cache)
-    chain = build_processors(sampler.settings)
+    chain = _chain(sampler, req)
     seq = req.prompts
     B, P = seq.shape
     ctx = Context(model, B, use_cache)
@@ -150,17 +160,22 @@ def generate(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True)
 
 @torch.inference_mode()
 def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
-    """Beam search with length penalty, vectorized over prompts and beams.
+    """Beam search as transformers' `generate` does it, vectorized over prompts and beams.
 
-    A hypothesis scores sum(log p) / n ** length_penalty (n generated tokens, end-of-text
-    excluded). As in transformers (early_stopping=False): each step looks at the 2K best
-    continuations; an end-of-text among the first K closes a hypothesis into the prompt's
-    pool of K finished ones; the first K others are the new beams. A prompt is done when
-    its pool is full and no live beam can still beat the worst finished hypothesis.
+    K = num_beams. A hypothesis of n generated tokens (end-of-text included) with summed
+    log-probability S scores S / n ** length_penalty. Log-probabilities are processed after
+    the softmax (penalties, min_new_tokens), not renormalized, as in transformers.
+    Each step ranks the 2K best continuations of all K beams of a prompt; among the first
+    K, those that end (end-of-text, or any at the last step) join the prompt's pool of its
+    K best ended hypotheses; the first K that do not end are the next beams. A prompt takes
+    no more hypotheses once its pool holds K and either early_stopping is on, or its best
+    live beam, scored at its current length, is no better than the pool's worst (the
+    transformers heuristic for early_stopping=False). The answer is the pool's best.
     """
     K = sampler.settings.num_beams
     alpha = sampler.settings.length_penalty
-    chain = build_processors(sampler.settings)
+    early = sampler.settings.early_stopping
+    chain = _chain(sampler, req)
     B, P = req.prompts.shape
     device = req.prompts.device
     N = req.max_new_tokens
@@ -170,71 +185,80 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
     neg_inf = float("-inf")
     beam_scores = torch.full((B, K), neg_inf, device=device)
     beam_scores[:, 0] = 0.0  # the K beams start identical: keep one alive
-    pool_scores = torch.full((B, K), neg_inf, device=device)  # finished, length-normalized
+    pool_scores = torch.full((B, K), neg_inf, device=device)  # ended hypotheses, length-normalized
+    pool_ended = torch.zeros((B, K), dtype=torch.bool, device=device)  # which pool slots hold one
     pool_seqs = torch.zeros((B, K, N), dtype=torch.long, device=device)
-    pool_lens = torch.zeros((B, K), dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    pool_lens = torch.zeros((B, K), dtype=torch.long, device=device)  # completion length, end-of-text excluded
+    closed = torch.zeros(B, dtype=torch.bool, device=device)  # the prompt takes no more hypotheses
     first_rows = (torch.arange(B, device=device) * K)[:, None]
-    ranks = torch.arange(2 * K, device=device)[None, :]
+    in_first_k = torch.arange(2 * K, device=device)[None, :] < K
     for step in range(N):
-        n = step + 1
-        logp = F.log_softmax(apply_processors(chain, seq, logits.float()), dim=-1)  # (B*K, V)
+        n = step + 1  # tokens generated, this one included
+        logp = apply_processors(chain, seq, F.log_softmax(logits.float(), dim=-1))  # (B*K, V)
         V = logp.shape[-1]
         total = (beam_scores.view(-1, 1) + logp).view(B, K * V)
         top_scores, top_ids = total.topk(min(2 * K, K * V), dim=-1)  # (B, 2K), best first
         beam, token = top_ids // V, top_ids % V
         is_eos = token == req.eos_id if req.eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
-        closes = is_eos & (ranks[:, : top_ids.shape[1]] < K) & ~done[:, None] & (top_scores > neg_inf)
-        if closes.any():
-            length = n - 1  # tokens before end-of-text
-            cand_scores = torch.where(closes, top_scores / max(length, 1) ** alpha, neg_inf)
+        ends = is_eos | (n == N)
+        joins = ends & in_first_k[:, : top_ids.shape[1]] & ~closed[:, None]
+        if joins.any():
+            cand_scores = torch.where(joins, top_scores / n**alpha, neg_inf)
             cand = torch.zeros((B, top_ids.shape[1], N), dtype=torch.long, device=device)
-            cand[:, :, :length] = seq[first_rows + beam, P:]
-            merged = torch.cat([pool_scores, cand_scores], dim=1)
-            pool_scores, pick = merged.topk(K, dim=-1)
+            cand[:, :, : n - 1] = seq[first_rows + beam, P:]
+            cand[:, :, n - 1] = token
+            pool_scores, pick = torch.cat([pool_scores, cand_scores], dim=1).topk(K, dim=-1)
+            pool_ended = torch.cat([pool_ended, joins], dim=1).gather(1, pick)
             pool_seqs = torch.cat([pool_seqs, cand], dim=1).gather(1, pick[..., None].expand(-1, -1, N))
-            pool_lens = torch.cat([pool_lens, torch.full_like(cand_scores, length, dtype=torch.long)], 1).gather(1, pick)
+            pool_lens = torch.cat([pool_lens, n - is_eos.long()], dim=1).gather(1, pick)
+        if n == N:
+            break
         # the first K continuations that do not end the text become the beams (stable in rank order)
         order = torch.sort(is_eos.int(), dim=1, stable=True).indices[:, :K]
-        beam_scores = top_scores.gather(1, order).masked_fill(is_eos.gather(1, order), neg_inf)
+        beam_scores = top_scores.gather(1, order)
         rows = (first_rows + beam.gather(1, order)).flatten()
         seq = torch.cat([seq[rows], token.gather(1, order).reshape(-1, 1)], dim=1)
         if ctx.cache is not None:
             ctx.cache.select(rows)
-        if req.eos_id is not None:
-            full = (pool_scores > neg_inf).all(dim=1)
-            done |= full & (pool_scores.min(dim=1).values >= beam_scores.max(dim=1).values / n**alpha)
-        if bool(done.all()) or step == N - 1:
+        full = pool_ended.all(dim=1)
+        if early:
+            closed |= full
+        else:
+            closed |= full & (beam_scores[:, 0] / n**alpha <= pool_scores.min(dim=1).values)
+        if bool(closed.all()):
             break
         logits, _, _ = ctx.advance(seq)
-    generated = seq.shape[1] - P
-    live = torch.where(done[:, None], neg_inf, beam_scores / max(generated, 1) ** alpha)
-    results = []
-    for b in range(B):
-        best_live, k_live = live[b].max(dim=0)
-        best_pool, k_pool = pool_scores[b].max(dim=0)
-        if best_pool >= best_live and best_pool > neg_inf:
-            results.append(pool_seqs[b, k_pool, : pool_lens[b, k_pool]].tolist())
-        else:
-            results.append(seq[b * K + k_live, P:].tolist())
-    return results
+    # the pool is kept best first, and by now every prompt's pool holds an ended hypothesis
+    return [row[:n] for row, n in zip(pool_seqs[:, 0].tolist(), pool_lens[:, 0].tolist())]
 
 
 @torch.inference_mode()
 def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = True) -> list[list[int]]:
-    """Su et al. 2022: among the top-k tokens pick argmax (1 - alpha) p(v) - alpha max_j cos(h_v, h_j),
-    where h are final hidden states and j runs over the context (prompt included)."""
+    """Contrastive search (Su et al. 2022; SimCTG's reference code).
+
+    Each step, the candidates V(k) are the top_k tokens of p = softmax(logits) over the
+    whole vocabulary (after penalties and min_new_tokens; no warper), and the next token is
+
+        argmax over v in V(k) of  (1 - alpha) p(v) - alpha max_j cos(h_v, h_j)
+
+    with h the last layer's hidden states (after the final LayerNorm, as transformers'
+    hidden_states[-1]): h_v of v appended to the sequence, h_j of every earlier token the
+    model sees (prompt and generated, within the context window). A token a processor
+    removed is never chosen.
+    """
     k = sampler.settings.top_k
     alpha = sampler.settings.penalty_alpha
-    chain = build_processors(sampler.settings)
+    chain = _chain(sampler, req)
     seq = req.prompts
     B, P = seq.shape
     ctx = Context(model, B, use_cache)
     finish = Finish(req, B, P, seq.device)
     logits, past, _ = ctx.prime(seq)  # past: final hidden states of the context (B, L, C)
     for _ in range(req.max_new_tokens):
-        probs = torch.softmax(apply_processors(chain, seq, logits.float()), dim=-1)
+        scores = apply_processors(chain, seq, logits.float())
+        probs = torch.softmax(scores, dim=-1)
         top_p, top_ids = probs.topk(min(k, probs.shape[-1]), dim=-1)  # (B, k)
+        removed = scores.gather(1, top_ids) == float("-inf")
         kk = top_ids.shape[1]
         # one forward of every candidate: widen the batch to B * k
         wide = seq.repeat_interleave(kk, dim=0)
@@ -246,7 +270,7 @@ def contrastive_search(model: GPT, sampler: Sampler, req: Request, use_cache: bo
         # after a window restart the context is the new window's own hidden states
         context_h = cand_h[:, :-1] if restarted else past.repeat_interleave(kk, dim=0)
         sim = F.cosine_similarity(h[:, None, :], context_h, dim=-1).amax(dim=-1).view(B, kk)
-        score = (1 - alpha) * top_p - alpha * sim
+        score = ((1 - alpha) * top_p - alpha * sim).masked_fill(removed, float("-inf"))
         choice = score.argmax(dim=-1)  # (B,)
         rows = torch.arange(B, device=seq.device) * kk + choice
         token = top_ids.gather(1, choice[:, None]).squeeze(1)
