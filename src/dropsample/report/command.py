@@ -9,6 +9,7 @@ from dropsample.report.collect import collect, group, summarize
 from dropsample.report.findings import findings
 from dropsample.report.plots import plot_all
 from dropsample.report.render import print_table, write_csv, write_markdown
+from dropsample.report.study import study_report
 
 
 def report_command(paths: list[Path], out: Path | None = None) -> Path:
@@ -25,6 +26,7 @@ def report_command(paths: list[Path], out: Path | None = None) -> Path:
     facts = findings(configs, rows)
     write_markdown(out / "report.md", paths, configs, rows, facts, plots)
     print_table(rows, facts)
+    study_report(paths, out)  # Optuna sweeps: trials, best configuration, objective history
     return out
 
 
