@@ -264,6 +264,9 @@ class Wandb(Backend):
     def text(self, tag, text, step):
         import wandb
 
+        if tag == "status":  # one value per run, not a history
+            self.run.summary["status"] = text
+            return
         if step <= self.sent_before:
             return
         self.run.log({tag: wandb.Html(f"<pre>{_escape(text)}</pre>")}, step=max(step, self.last_step))
@@ -412,13 +415,15 @@ class Loggers:
         self._each(lambda b: b.flush())
 
     def final(self, summary) -> None:
-        """The end-of-training figures of summary.json and the status (also for diverged runs)."""
+        """The end-of-training figures of summary.json (also for diverged and failed runs, not for
+        an interrupted one: its resumed run logs them) and the status."""
         if not self:
             return
         self.status = summary.status
-        values = _numbers(summary.to_json(), "final/")
         step = summary.steps or 0
-        self._each(lambda b: b.scalars(values, step))
+        if summary.status != "interrupted":
+            values = _numbers(summary.to_json(), "final/")
+            self._each(lambda b: b.scalars(values, step))
         line = f"{summary.status}" + (f": {summary.error}" if summary.error else "")
         self._each(lambda b: b.text("status", line, step))
         self._each(lambda b: b.flush())
