@@ -257,6 +257,19 @@ def test_resumed_run_continues_every_logger_without_repeating_a_step(env, monkey
     client, run_id = mlflow_client(cut_dir)
     assert client.get_run(run_id).info.status == "FINISHED"
 
+    # a later `dropsample sample` adds its samples to the same logger runs
+    from dropsample.sample import sample_run
+
+    sample_run(cut_dir, samplers=["greedy"], gen=cfg.gen, name="later")
+    step = RunFolder(cut_dir).summary().best_step
+    assert [s for s, _ in tb_series(tensorboard(cut_dir), "samples/later/greedy/distinct_4")] == [step]
+    assert [s for s, _ in csv_series(csv_rows(cut_dir), "samples/later/greedy/distinct_4")] == [step]
+    assert [s for s, _ in mlflow_series(cut_dir, "samples/later/greedy/distinct_4")] == [step]
+    assert [f.path for f in client.list_artifacts(run_id, "samples/later")] == ["samples/later/greedy.txt"]
+    run_id, folders = wandb_runs(cut_dir)
+    assert len(folders) == 3 and all(f.endswith(f"-{run_id}") for f in folders)
+    assert [s for s, _ in wandb_series(cut_dir, "samples/later/greedy/distinct_4")] == [20]  # the last step
+
 
 # -- failures and bad input -----------------------------------------------------------
 

@@ -503,6 +503,10 @@ def keep_open(run_dir: Path):
     _HELD.add(key)
     try:
         yield
+    except BaseException:  # sampling failed after a completed training: the job failed
+        if key in _OPEN and _OPEN[key].status == "completed":
+            _OPEN[key].status = "failed"
+        raise
     finally:
         _HELD.discard(key)
         lg = _OPEN.get(key)
