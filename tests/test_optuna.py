@@ -87,7 +87,8 @@ def test_tune_dropout_experiment_composes_into_a_stored_study():
     assert checked == 1 + 2 + 6 + 4  # the base config, the rate's two ends, six site sets, four schedules
     assert folder == "runs/tune_dropout/study"
     assert pins[0] == f"hydra.sweeper._target_={tune.SWEEPER}"
-    assert pins[1].endswith("runs/tune_dropout/study/optuna.db'") and pins[2] == "hydra.sweeper.study_name='tune_dropout'"
+    assert pins[1].endswith("runs/tune_dropout/study/optuna.db'")
+    assert pins[2] == "hydra.sweeper.study_name='tune_dropout'"
     # a basic sweep gets no Optuna pins
     assert preflight(["model=tiny", "dropout.rate=0,0.1"], multirun=True).pins == []
 

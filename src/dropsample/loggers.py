@@ -10,7 +10,8 @@ What is logged, and where it comes from (training.py and sample.py make these ca
                                 dropout/<site or variant> (the rates in effect at that step)
     Loggers.evaluation(row)     every evaluation: eval/<name> for each number of the
                                 metrics.jsonl row (train_loss, val_loss, gap, *_ppl, *_bpc, ...)
-    Loggers.final(summary)      at the end: final/<field> for each number of summary.json, the status
+    Loggers.final(summary)      at the end: the status, and final/<field> for each number of
+                                summary.json (not for an interrupted run: its resumed run logs them)
     log_samples(...)            after each sampler: samples/<name>/<sampler>/<metric> and its
                                 first `logger.samples` completions as text
 

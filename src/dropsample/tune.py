@@ -12,8 +12,8 @@ The objective: each sweep job returns one number, read from its finished run fol
 Which way is better is the sweeper's setting, hydra.sweeper.direction (minimize by default).
 A run that failed, diverged or lacks the number returns None, no number: the Optuna sweeper
 records that trial as failed (TrialState.FAIL) and the study goes on. (Not NaN: the plugin,
-hydra-optuna-sweeper 1.3, then tells Optuna the trial's result twice and stops the study.) A job skipped because the same configuration already
-completed returns that run's number.
+hydra-optuna-sweeper 1.3, then tells Optuna the trial's result twice and stops the study.)
+A job skipped because the same configuration already completed returns that run's number.
 
 The study: dropsample's Optuna sweeper (src/hydra_plugins/dropsample_optuna) stores it in
 SQLite under the sweep folder, named after experiment_name, unless hydra.sweeper.storage or

@@ -180,10 +180,14 @@ STATE_WORDS = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned", "R
                "WAITING": "waiting"}
 
 
+def _state(trial: Trial) -> str:
+    return STATE_WORDS.get(trial.state, trial.state.lower())
+
+
 def markdown(study: Study, plot: Path, out: Path) -> str:
     counts: dict[str, int] = {}
     for t in study.trials:
-        word = STATE_WORDS.get(t.state, t.state.lower())
+        word = _state(t)
         counts[word] = counts.get(word, 0) + 1
     lines = [f"## Optuna study `{study.name}`", "",
              f"Objective `{study.objective}` ({ALIASES.get(study.objective, study.objective)}), "
@@ -203,7 +207,7 @@ def markdown(study: Study, plot: Path, out: Path) -> str:
     lines += ["| trial | state | " + study.objective + " | " + " | ".join(names) + " | run | note |",
               "|" + "---|" * (len(names) + 5)]
     for t in study.trials:
-        cells = [str(t.number), STATE_WORDS.get(t.state, t.state.lower()), _fmt(t.value), *(_fmt(t.params.get(k)) for k in names),
+        cells = [str(t.number), _state(t), _fmt(t.value), *(_fmt(t.params.get(k)) for k in names),
                  t.run.name if t.run else "-", t.note.replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     try:
@@ -226,7 +230,7 @@ def print_study(study: Study) -> None:
     for column in ("trial", "state", study.objective, *names, "note"):
         table.add_column(escape(column))
     for t in study.trials:
-        table.add_row(str(t.number), STATE_WORDS.get(t.state, t.state.lower()), _fmt(t.value), *(escape(_fmt(t.params.get(k))) for k in names),
+        table.add_row(str(t.number), _state(t), _fmt(t.value), *(escape(_fmt(t.params.get(k))) for k in names),
                       escape(t.note))
     console = Console(stderr=True)
     if not console.is_terminal:
