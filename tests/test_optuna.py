@@ -16,10 +16,15 @@ from dropsample.runs import RunFolder, write_json_atomic
 
 optuna = pytest.importorskip("optuna", reason='needs pip install "dropsample[optuna]"')
 
-# a handful of steps per trial; lr=1e6 makes the loss NaN at step 1 (the trial diverges)
+# A handful of steps per trial; lr=1e6 makes the loss NaN at step 1 (the trial diverges).
+# Optuna's random sampler with seed 2 draws (lr, rate) = (1e-3, 0), (1e-3, 0.1), (1e-3, 0) again
+# and (1e6, 0.1), then (1e-3, 0) in the rerun: a repeat, skipped as the same configuration,
+# and a diverging trial. (Not the grid sampler: hydra-optuna-sweeper 1.3 stops the whole
+# sweep when the grid's last trial fails.)
 TRIAL = ["model=tiny", "train.max_iters=4", "train.eval_interval=2", "train.eval_iters=1", "train.batch_size=8",
-         "train.warmup_iters=0", "sample_after_train=false", "experiment_name=tuning", "hydra.sweep.dir=runs/study",
-         "hydra/sweeper=optuna", "train.lr=choice(1e-3,1e6)", "dropout.rate=choice(0.0,0.1)"]
+         "train.warmup_iters=0", "sample_after_train=false", "experiment_name=tuning", "hydra.sweep.dir=runs/tuning/study",
+         "hydra/sweeper=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=2",
+         "hydra.sweeper.n_jobs=1", "train.lr=choice(1e-3,1e6)", "dropout.rate=choice(0.0,0.1)"]
 
 
 def trials(sweep_dir):
@@ -27,29 +32,38 @@ def trials(sweep_dir):
     return study.trials
 
 
-def test_study_survives_diverging_trials_continues_on_rerun_and_is_reported(tmp_path):
-    # the grid sampler visits all four points, so two trials certainly diverge
-    first = cli("train", "-m", *TRIAL, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=4", cwd=tmp_path)
-    assert first.returncode == 1, first.stderr[-2000:]  # like any sweep whose jobs failed
-    assert "2 of 4 jobs failed" in first.stderr and "Traceback" not in first.stderr
-    sweep = tmp_path / "runs" / "study"
-    assert (sweep / "optuna.db").is_file()
+def check_trials(cwd, sweep, numbers):
     done = trials(sweep)
-    assert [t.number for t in done] == [0, 1, 2, 3]
+    assert [t.number for t in done] == numbers
     for t in done:
         run = RunFolder(sweep / f"job{t.number}")  # job<N> holds trial N
         assert {f"{k}={v}" for k, v in t.params.items()} <= set(run.overrides())
         summary = run.summary()
         if t.params["train.lr"] > 1:
             assert (t.state.name, t.value, summary.status) == ("FAIL", None, "diverged")
-        else:  # the objective is the run's best val loss, exactly
-            assert (t.state.name, t.value, summary.status) == ("COMPLETE", summary.best_val_loss, "completed")
+            continue
+        assert t.state.name == "COMPLETE"
+        if summary.status == "skipped":  # the same configuration completed in an earlier trial's folder
+            summary = RunFolder(cwd / summary.same_as).summary()  # same_as: relative to where it ran
+        assert (t.value, summary.status) == (summary.best_val_loss, "completed")  # exactly the run's number
+    return done
+
+
+def test_study_survives_diverging_trials_continues_on_rerun_and_is_reported(tmp_path):
+    first = cli("train", "-m", *TRIAL, "hydra.sweeper.n_trials=4", cwd=tmp_path)
+    assert first.returncode == 1, first.stderr[-2000:]  # like any sweep whose jobs failed
+    assert "1 of 4 jobs failed" in first.stderr and "Traceback" not in first.stderr
+    sweep = tmp_path / "runs" / "tuning" / "study"
+    assert (sweep / "optuna.db").is_file()
+    done = check_trials(tmp_path, sweep, [0, 1, 2, 3])
+    assert [t.state.name for t in done].count("FAIL") == 1, "seed 2 should draw one diverging trial"
+    assert RunFolder(sweep / "job2").summary().status == "skipped", "seed 2 should repeat trial 0's configuration"
     before = (sweep / "job0" / "summary.json").read_text()
 
     # the same storage and study name: the rerun adds a trial to the same study, in a new folder
-    again = cli("train", "-m", *TRIAL, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=1", cwd=tmp_path)
-    assert again.returncode in (0, 1), again.stderr[-2000:]
-    assert [t.number for t in trials(sweep)] == [0, 1, 2, 3, 4]
+    again = cli("train", "-m", *TRIAL, "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert again.returncode == 1 and "1 of 5 jobs failed" in again.stderr, again.stderr[-2000:]
+    check_trials(tmp_path, sweep, [0, 1, 2, 3, 4])
     assert RunFolder(sweep / "job4").is_run()
     assert (sweep / "job0" / "summary.json").read_text() == before
 

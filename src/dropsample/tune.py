@@ -45,7 +45,8 @@ SWEEPER = "hydra_plugins.dropsample_optuna.sweeper.OptunaSweeper"
 def summary_numbers() -> list[str]:
     """summary.json fields that hold one number."""
     numeric = ("Optional[float]", "Optional[int]", "float", "int")
-    return [f.name for f in fields(Summary) if f.type in numeric] + list(ANNOUNCED)
+    names = [f.name for f in fields(Summary) if f.type in numeric] + list(ANNOUNCED)
+    return list(dict.fromkeys(names))  # once Summary declares the announced fields, each still once
 
 
 def sample_metric_names() -> list[str]:
