@@ -107,10 +107,11 @@ def test_tune_dropout_experiment_composes_into_a_stored_study():
     assert preflight(["model=tiny", "dropout.rate=0,0.1"], multirun=True).pins == []
 
 
-def test_missing_optuna_plugin_fails_in_one_line(tmp_path):
+@pytest.mark.parametrize("args", [["hydra/sweeper=optuna", "dropout.rate=interval(0,0.3)"], ["experiment=tune_dropout"]])
+def test_missing_optuna_plugin_fails_in_one_line(tmp_path, args):
     code = ("import sys; sys.modules['hydra_plugins.hydra_optuna_sweeper'] = None; "
-            "sys.argv = ['dropsample', 'train', '-m', 'model=tiny', 'hydra/sweeper=optuna', "
-            "'dropout.rate=interval(0,0.3)']; from dropsample.cli import main; main()")
+            f"sys.argv = ['dropsample', 'train', '-m', 'model=tiny', *{args!r}]; "
+            "from dropsample.cli import main; main()")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == 'error: hydra/sweeper=optuna needs the Hydra Optuna sweeper; ' \
