@@ -275,12 +275,13 @@ def test_resumed_run_continues_every_logger_without_repeating_a_step(env, monkey
 
 
 def test_a_logger_failing_mid_run_is_switched_off_and_training_completes(env, monkeypatch, caplog):
-    cfg = compose(BASE + ["logger=[tensorboard,csv]", f"runs_root={env}", "sample_after_train=false"])
+    cfg = compose(BASE + ["logger=[tensorboard,csv]", f"runs_root={env}", "sample_after_train=false",
+                          "train.max_iters=10"])
     run_dir = make_run_dir(env, cfg, "flaky")
     monkeypatch.setattr(loggers.Csv, "scalars", lambda self, values, step: (_ for _ in ()).throw(OSError("disk full")))
     assert training.train(cfg, run_dir).status == "completed"
     assert "logger csv failed (OSError: disk full); it is off for the rest of this run" in caplog.text
-    assert [s for s, _ in tb_series(tensorboard(run_dir), "eval/val_loss")] == EVALS
+    assert [s for s, _ in tb_series(tensorboard(run_dir), "eval/val_loss")] == [0, 10]
 
 
 def test_logger_keys_are_not_result_identity():
