@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import typer
 
@@ -40,6 +40,8 @@ def _hydra_overrides_error(exc: Exception) -> UserError:
     unknown = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if unknown:
         return UserError(f"{unknown.group(1)}: unknown key; `dropsample train --cfg job` lists every key")
+    if re.search(r"Could not find 'hydra/sweeper/optuna'", text):
+        return UserError('hydra/sweeper=optuna needs the Hydra Optuna sweeper; pip install "dropsample[optuna]"')
     missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
@@ -53,16 +55,26 @@ def normalize(overrides: list[str]) -> list[str]:
     return [o[1:] if o.startswith("+experiment=") else o for o in overrides]
 
 
-def preflight(overrides: list[str], multirun: bool) -> tuple[int, str]:
+class Preflight(NamedTuple):
+    jobs: int  # configs checked: every job of a basic sweep; an Optuna study's choices and end points
+    folder: str  # the run folder, or the sweep folder
+    pins: list[str]  # overrides the CLI adds: an Optuna study's sweeper class, storage and name
+
+
+def preflight(overrides: list[str], multirun: bool) -> Preflight:
     """Compose and validate every job's config before Hydra creates any folder.
 
-    Returns the job count and the output folder Hydra will use (the run folder, or the
-    sweep folder), resolved now so the CLI can pin it and read the sweep's outcome there.
+    Also checks each job's loggers are installed and its objective exists. Returns the
+    output folder Hydra will use, resolved now so the CLI can pin it and read the sweep's
+    outcome there. An Optuna study's trials are not known in advance: its base config and
+    each declared choice and range end point are checked instead.
     """
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from dropsample import tune
     from dropsample.config import hydra_context, validate
+    from dropsample.loggers import check_installed
     from dropsample.sweep import expand_jobs
 
     try:
@@ -70,7 +82,10 @@ def preflight(overrides: list[str], multirun: bool) -> tuple[int, str]:
             parsed = OverridesParser.create().parse_overrides(overrides)
             first = [o.input_line for o in parsed if not o.is_sweep_override()]
             hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
-            if multirun:
+            study = multirun and tune.is_optuna(hydra_cfg)
+            if study:
+                jobs = tune.trial_jobs(hydra_cfg.sweeper.get("params"), overrides)
+            elif multirun:
                 # sweeps written in experiment files (hydra.sweeper.params) come before the command line
                 jobs = expand_jobs(hydra_cfg.sweeper.get("params"), overrides)
             else:
@@ -79,13 +94,16 @@ def preflight(overrides: list[str], multirun: bool) -> tuple[int, str]:
                     raise UserError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
                 jobs = [overrides]
             for job in jobs:
-                validate(compose("config", overrides=job))
+                cfg = validate(compose("config", overrides=job))
+                check_installed(cfg.logger)
+                tune.check(cfg)
             folder = str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
+            pins = tune.study_overrides(hydra_cfg, folder, cfg.experiment_name, overrides) if study else []
     except UserError:
         raise
     except Exception as exc:  # Hydra's override and composition errors
         raise _hydra_overrides_error(exc) from None
-    return len(jobs), folder
+    return Preflight(len(jobs), folder, pins)
 
 
 def _hydra_task(cfg):
@@ -93,10 +111,14 @@ def _hydra_task(cfg):
     from hydra.types import RunMode
 
     from dropsample.task import run_task
+    from dropsample.tune import value
 
     hc = HydraConfig.get()
     _share_cpu_threads(hc)
-    return run_task(cfg, Path(hc.runtime.output_dir), sweep_job=hc.mode == RunMode.MULTIRUN)
+    out = Path(hc.runtime.output_dir)
+    summary = run_task(cfg, out, sweep_job=hc.mode == RunMode.MULTIRUN)
+    # what an adaptive sweeper (Optuna) optimises: a number, or None for a failed trial
+    return value(str(cfg.get("objective", "val_loss")), summary, out)
 
 
 def _share_cpu_threads(hc) -> None:
@@ -139,12 +161,13 @@ def train(
     folder = None
     if not any(a.startswith("-") for a in overrides):  # Hydra's own flags (--cfg, --info) run nothing
         try:
-            _, folder = preflight(overrides, multirun)
+            _, folder, pins = preflight(overrides, multirun)
         except UserError as err:
             _fail(err)
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         if not any(o.startswith(key + "=") for o in overrides):
             overrides.append(f"{key}='{folder}'")
+        overrides += pins
     import hydra
 
     from dropsample.config import conf_dir

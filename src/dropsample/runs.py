@@ -9,6 +9,7 @@
         checkpoints/{best,last}/   see checkpoint.py
         samples/<name>/      written by `dropsample sample`: <sampler>.jsonl, reference.jsonl, metrics.json
         eval.json            `dropsample eval` results by checkpoint
+        logs/                experiment loggers' files (loggers.py): tensorboard/, wandb/, csv/, loggers.json
         attempts/<n>/        an earlier failed attempt of this job, moved aside by a rerun
 
 `RunFolder` owns every path above and every read and write of these files. A file that
@@ -226,6 +227,11 @@ class RunFolder:
         return self.samples_dir / name
 
     @property
+    def logs_dir(self) -> Path:
+        """Experiment loggers' own files; loggers.py owns what is inside."""
+        return self.path / "logs"
+
+    @property
     def attempts_dir(self) -> Path:
         return self.path / "attempts"
 
@@ -392,7 +398,7 @@ class RunFolder:
         target = self.attempts_dir / str(n)
         target.mkdir(parents=True)
         for path in (self.summary_path, self.metrics_path, self.checkpoints_dir, self.samples_dir, self.eval_path,
-                     self.tokenizer_path):
+                     self.tokenizer_path, self.logs_dir):
             if path.exists():
                 shutil.move(str(path), target / path.name)
         return target

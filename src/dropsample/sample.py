@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dropsample import data as data_mod
-from dropsample import headline
+from dropsample import headline, loggers
 from dropsample import metrics
 from dropsample import tokenizer as toks
 from dropsample.config import check_prompt_span, resolve_samplers, validate
@@ -134,6 +134,7 @@ def sample_run(
                 row = {"index": i, "prompt": decode(p), "completion": decode(c), "completion_ids": c,
                        "seed": gen.seed + i, "sampler": sampler.name, "settings": sampler.settings.changed()}
                 f.write(json.dumps(row) + "\n")
+        loggers.log_samples(cfg, run, name, sampler.name, f.name, results[sampler.name], ckpt.state["step"])
         log.info("sampled %s: distinct-4 %s, gen-ppl %s", sampler.name,
                  _fmt(results[sampler.name]["distinct_4"]), _fmt(results[sampler.name]["gen_ppl"]))
     reference = None

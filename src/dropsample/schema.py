@@ -275,6 +275,64 @@ class GenConfig:
             f"{prefix}min_new_tokens", self.min_new_tokens)
 
 
+# Experiment loggers (conf/logger/): a backend is on when its section is present, so
+# `logger=[tensorboard,csv]` selects two. None of them changes a run's numbers.
+LOGGERS = ("tensorboard", "wandb", "mlflow", "csv")
+
+
+@dataclass
+class TensorBoardLogger:
+    """Event files in <run>/logs/tensorboard/ (torch.utils.tensorboard's SummaryWriter)."""
+
+    flush_secs: int = spec(30, "seconds between flushes of the event file (each evaluation flushes too)",
+                           check=POSITIVE)
+
+
+@dataclass
+class WandbLogger:
+    """A W&B run whose files live in <run>/logs/wandb/; offline unless asked otherwise."""
+
+    mode: str = spec("offline", "offline (upload later with `wandb sync`), online or disabled",
+                     check=OneOf(("offline", "online", "disabled")))
+    project: str = spec("dropsample", "W&B project")
+    entity: Optional[str] = spec(None, "W&B user or team (null: your default)")
+    group: Optional[str] = spec(None, "W&B group (null: experiment_name)")
+    tags: List[str] = spec(help="W&B tags", factory=list)
+
+
+@dataclass
+class MlflowLogger:
+    """An MLflow run in a database-backed tracking store (never the deprecated file store)."""
+
+    tracking_uri: Optional[str] = spec(None, "sqlite:///PATH.db or http(s)://SERVER "
+                                       "(null: sqlite:///<runs_root>/mlflow.db)")
+    experiment: Optional[str] = spec(None, "MLflow experiment (null: experiment_name)")
+
+    def check(self, prefix: str) -> None:
+        uri = self.tracking_uri
+        if uri is not None and not uri.startswith(("sqlite:///", "postgresql", "mysql", "mssql", "http://",
+                                                   "https://", "databricks")):
+            raise ConfigError(f"{prefix}tracking_uri", f"got {uri!r}; MLflow's file store is deprecated: use "
+                              "sqlite:///PATH.db (a local file) or http(s)://SERVER")
+
+
+@dataclass
+class CsvLogger:
+    """<run>/logs/csv/metrics.csv (one row per logged point, a column per name) and hparams.yaml."""
+
+
+@dataclass
+class LoggerConfig:
+    samples: int = spec(4, "completions per sampler sent to the loggers as text", check=COUNT)
+    tensorboard: Optional[TensorBoardLogger] = spec(None, "logger=tensorboard")
+    wandb: Optional[WandbLogger] = spec(None, "logger=wandb")
+    mlflow: Optional[MlflowLogger] = spec(None, "logger=mlflow")
+    csv: Optional[CsvLogger] = spec(None, "logger=csv")
+
+    def enabled(self) -> list[str]:
+        return [name for name in LOGGERS if getattr(self, name) is not None]
+
+
 DEFAULT_SAMPLERS = ["greedy", "pure", "temp_0.7", "top_k_40", "top_p_0.9", "min_p_0.1", "typical_0.95"]
 
 
@@ -294,6 +352,10 @@ class Config:
     samplers: List[Any] = spec(help="sampler preset names or dicts of settings compared after training",
                                factory=lambda: list(DEFAULT_SAMPLERS))
     sample_after_train: bool = spec(True, "end `train` with `sample` on the best checkpoint")
+    logger: LoggerConfig = spec(help="experiment loggers (conf/logger/): none, tensorboard, wandb, mlflow, csv",
+                                factory=LoggerConfig, result=False)
+    objective: str = spec("val_loss", "what a sweep job returns to an adaptive sweeper (objective.py): val_loss, "
+                          "val_bpb, a numeric summary field or <sampler>.<metric>", result=False)
 
 
 # ---------------------------------------------------------------------------

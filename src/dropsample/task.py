@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from dropsample import headline, sweep, training
+from dropsample import headline, loggers, sweep, training
 from dropsample.config import validate
 from dropsample.errors import UserError
 from dropsample.runs import RunFolder, Summary
@@ -40,7 +40,8 @@ log = logging.getLogger("dropsample")
 def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
     """Train `cfg` into run_dir, then sample from it. Raises on bad input and bugs."""
     run = RunFolder(run_dir)
-    with sweep.device_slot(cfg) as device:
+    # keep_open: the samples go to the same experiment-logger runs as the training
+    with sweep.device_slot(cfg) as device, loggers.keep_open(run_dir):
         summary = training.train(cfg, run_dir, resume=resume, device=device)
         if summary.status == "completed" and cfg.sample_after_train:
             # the experiment is not complete until its samples are written

@@ -26,6 +26,7 @@ import torch
 
 from dropsample import checkpoint as ckpt
 from dropsample import data as data_mod
+from dropsample import loggers
 from dropsample.config import validate_with_data
 from dropsample import tokenizer as toks
 from dropsample.device import autocast, pick_device, pick_dtype
@@ -215,6 +216,7 @@ class Trainer:
     state: TrainState
     byte_lengths: np.ndarray  # (V,) UTF-8 bytes per token id, for bits per byte
     wall_start: float = 0.0
+    loggers: loggers.Loggers = loggers.OFF  # experiment loggers (loggers.py), opened by train()
 
     @property
     def char_level(self) -> bool:
@@ -310,6 +312,7 @@ def evaluate(tr: Trainer, step: int) -> None:
     if tr.char_level:
         row["train_bpc"], row["val_bpc"] = losses["train"] / math.log(2), losses["val"] / math.log(2)
     tr.run.append_metrics(row)
+    tr.loggers.evaluation(row)
     improved = losses["val"] < s.best_val
     if improved:
         s.best_val, s.best_step = losses["val"], step
@@ -355,6 +358,10 @@ def loop(tr: Trainer, fresh: bool) -> None:
                 raise Diverged(f"loss became {loss_value} at step {step}")
             progress.update(step, loss_value, lr, s.tokens_seen / s.train_seconds)
             done = step + 1
+            if tr.loggers.due(done):  # experiment loggers: this step's loss, lr, speed and dropout in effect
+                factor = tr.schedule.factor(step)
+                tr.loggers.train_step(done, loss_value, lr, s.tokens_seen / s.train_seconds, factor,
+                                      tr.base_rates.scaled(factor).rates())
             if done % t.eval_interval == 0 or done == t.max_iters:
                 evaluate(tr, done)
                 model.train()
@@ -424,6 +431,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, device: str | Non
     tr = build(cfg, run_dir, device)
     if resume:
         restore(tr)
+    # experiment loggers: new logger runs, or the same ones continued from the checkpoint's step
+    tr.loggers = loggers.start(cfg, tr.run, resume_from=tr.state.step if resume else None)
     tr.data.tokenizer.save(str(tr.run.tokenizer_path))
     tr.wall_start = time.time() - tr.state.wall_seconds
     _start_summary(tr)
@@ -446,5 +455,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, device: str | Non
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        summary = finish(tr, status, error)
+        try:
+            summary = finish(tr, status, error)
+            tr.loggers.final(summary)
+        finally:
+            tr.loggers.close()
     return summary

@@ -10,6 +10,7 @@ from dropsample.runs import RunFolder
 from dropsample.report.findings import findings
 from dropsample.report.plots import plot_all
 from dropsample.report.render import print_table, write_csv, write_markdown
+from dropsample.report.study import study_report
 
 
 def report_command(paths: list[Path], out: Path | None = None, skip_damaged: bool = False) -> Path:
@@ -27,6 +28,7 @@ def report_command(paths: list[Path], out: Path | None = None, skip_damaged: boo
     facts += [f"Left out, could not be read: {d}" for d in damaged]
     write_markdown(out / "report.md", paths, configs, rows, facts, plots)
     print_table(rows, facts)
+    study_report(paths, out)  # Optuna sweeps: trials, best configuration, objective history
     return out
 
 

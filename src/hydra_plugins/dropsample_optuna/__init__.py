@@ -1,0 +1,1 @@
+"""dropsample's Hydra plugins (Hydra only instantiates plugins found under hydra_plugins)."""
