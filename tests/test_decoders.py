@@ -110,7 +110,10 @@ def test_beam_search_with_end_of_text_matches_transformers(eot, length_penalty, 
     ours = generate(eot.model, sampler, Request(eot.prompts, N, seeds=[0] * 24, eos_id=eot.eos))
     theirs = hf_generate(eot, do_sample=False, num_beams=4, length_penalty=length_penalty,
                          early_stopping=early_stopping)
-    assert sum(len(c) < N for c in theirs) >= 6, "the comparison needs hypotheses that end early"
+    # a length penalty of 2 favours long hypotheses, so fewer end early; how many do depends on
+    # the CPU's float kernels (6 on one machine, 2 on another): one is enough to exercise the path
+    need = 6 if length_penalty < 2 else 1
+    assert sum(len(c) < N for c in theirs) >= need, "the comparison needs hypotheses that end early"
     assert ours == theirs
 
 
