@@ -21,6 +21,8 @@ TINY = [
     "train.eval_iters=2",
     "train.batch_size=8",
     "train.warmup_iters=5",
+    # the final whole-split evaluation of the 1M-character train split is most of a tiny run's time
+    "train.final_eval_tokens=4000",
     "gen.num_samples=4",
     "gen.prompt_tokens=8",
     "gen.max_new_tokens=24",

@@ -72,7 +72,7 @@ def test_joblib_sweep_of_four_then_report(tmp_path):
 
 
 def test_submitit_local_two_jobs(tmp_path):
-    result = cli("train", "-m", *SWEEP, "dropout.rate=0,0.1", "experiment_name=sub",
+    result = cli("train", "-m", *SWEEP, "dropout.rate=0,0.1", "experiment_name=sub", "sample_after_train=false",
                  "hydra/launcher=submitit_local", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (sweep,) = sweep_dirs(tmp_path, "sub")
@@ -98,7 +98,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path):
 
 
 def test_rerunning_a_finished_sweep_runs_nothing_new(tmp_path):
-    args = ["train", "-m", *SWEEP, "dropout.rate=0,0.2", "experiment_name=again"]
+    args = ["train", "-m", *SWEEP, "dropout.rate=0,0.2", "experiment_name=again", "sample_after_train=false"]
     assert cli(*args, cwd=tmp_path).returncode == 0
     second = cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
@@ -107,7 +107,8 @@ def test_rerunning_a_finished_sweep_runs_nothing_new(tmp_path):
     assert not list(second_sweep.rglob("checkpoints")), "nothing was trained again"
     assert {s["same_as"] for s in summaries(second_sweep)} == {str(p.relative_to(tmp_path)) for p in first_sweep.glob("job*")}
     # a changed value is new work
-    third = cli("train", "-m", *SWEEP, "dropout.rate=0,0.3", "experiment_name=again", cwd=tmp_path)
+    third = cli("train", "-m", *SWEEP, "dropout.rate=0,0.3", "experiment_name=again", "sample_after_train=false",
+                cwd=tmp_path)
     assert [s["status"] for s in summaries(sweep_dirs(tmp_path, "again")[2])] == ["skipped", "completed"]
     assert third.returncode == 0
 
@@ -158,7 +159,8 @@ def test_rerun_into_the_same_sweep_folder_is_idempotent(tmp_path):
     """A completed job in its own folder is skipped untouched; an interrupted one resumes without
     repeating rows; an unsound one is moved to attempts/ and trained clean."""
     sweep = tmp_path / "fixed"
-    args = ["train", "-m", *SWEEP, "dropout.rate=0,0.1,0.2", "experiment_name=fixed", f"hydra.sweep.dir={sweep}"]
+    args = ["train", "-m", *SWEEP, "dropout.rate=0,0.1,0.2", "experiment_name=fixed", f"hydra.sweep.dir={sweep}",
+            "sample_after_train=false"]
     assert cli(*args, cwd=tmp_path).returncode == 0
     jobs = sorted(sweep.glob("job*"))
     done = {p: p.read_bytes() for p in (jobs[0] / "metrics.jsonl", jobs[0] / "checkpoints" / "last" / "state.json")}
