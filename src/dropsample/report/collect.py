@@ -125,14 +125,14 @@ class Run:
                  "train_loss": s.train_loss}[name]
         if final is not None:
             if name == "val_ppl":
-                return _with(final, s.val_ppl_low, s.val_ppl_high, "±1.96 SE")
+                return _with(final, s.val_ppl_low, s.val_ppl_high, "1.96 SE")
             se = {"val_bpb": s.val_bpb_se, "gap": s.gap_se, "val_loss": s.val_loss_se,
                   "train_loss": s.train_loss_se}[name]
-            return _with(final, *normal_interval(final, se), "±1.96 SE")
+            return _with(final, *normal_interval(final, se), "1.96 SE")
         row = self.at_best() or {}  # a run without a final evaluation: the eval batches at the best step
         value = row.get(name)
         if name in ("val_loss", "train_loss") and _number(value):
-            return _with(value, *normal_interval(value, row.get(f"{name}_se")), "±1.96 SE (eval batches)")
+            return _with(value, *normal_interval(value, row.get(f"{name}_se")), "1.96 SE (eval batches)")
         return Estimate(float(value) if _number(value) else None)
 
     def decoding(self) -> dict[str, dict[str, Estimate]]:

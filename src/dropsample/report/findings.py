@@ -124,8 +124,8 @@ def _ranked(items: list[tuple[str, Estimate]], lower_is_better: bool, what: str,
                            "; ".join(c.evidence for _, c in same)))
     if unknown:
         out.append(Finding("note", f"{_cap(what)}{where}: {best_name} has the {most} mean ({fmt(best)}); "
-                                   f"{', '.join(n for n, _ in unknown)} cannot be compared with it (no interval: "
-                                   "one seed and no standard error)."))
+                                   f"{', '.join(n for n, _ in unknown)} cannot be compared with it (one seed, and "
+                                   "no interval recorded)."))
     return out
 
 

@@ -184,7 +184,11 @@ def diversity_vs_quality(configs: list[Configuration]) -> Plot | None:
                         label=label if first else None, **style)
             first = False
     if quality == "gen_ppl":
-        ax.set_xscale("log")
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_xscale("log")  # perplexities span orders of magnitude; plain numbers on the ticks
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(ScalarFormatter())
     qm, dm = BY_NAME[quality], BY_NAME[diversity]
     ax.set_xlabel(f"{qm.label} ({'judge' if quality == 'mauve' else 'perplexity of the text'}; "
                   f"{'higher' if qm.better == 'higher' else 'nearer the reference'} is better)")
