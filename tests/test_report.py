@@ -315,3 +315,24 @@ def test_metric_and_format_options_are_checked(base_config, tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Headline metric: self-BLEU-4." in md
     assert "self-BLEU-4" in ok.stdout
+
+
+def test_wide_tables_are_split_and_long_labels_become_ids():
+    from dropsample.report.render import md_table
+
+    header = ["configuration", "metric"] + [f"sampler_{i}" for i in range(8)]
+    rows = [["sites=[attn,embd,head]", "dist-4"] + [f"0.{i}00 ± 0.012" for i in range(8)]]
+    lines = md_table(header, rows, keep=2)
+    tables = "\n".join(lines).split("\n\n")
+    assert len(tables) >= 2 and max(map(len, lines)) <= 100
+    assert all(t.splitlines()[2].startswith("| sites=[attn,embd,head] | dist-4 |") for t in tables)
+    cells = re.findall(r"0\.\d00 ± 0\.012", "\n".join(lines))
+    assert cells == [f"0.{i}00 ± 0.012" for i in range(8)], "every cell once, in order"
+    from dropsample.report.collect import Configuration
+    from dropsample.report.render import row_labels
+
+    short = [Configuration(str(r), {"dropout.rate": r}) for r in (0.0, 0.3)]
+    assert row_labels(short) == ["rate=0.0", "rate=0.3"]
+    long = [Configuration(str(s), {"dropout.sites": s, "dropout.schedule.kind": "early"})
+            for s in (["attn", "embd", "resid_mlp"], ["head"])]
+    assert row_labels(long) == ["C1", "C2"]
