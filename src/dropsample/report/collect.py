@@ -299,7 +299,8 @@ def group(runs: list[Run]) -> list[Configuration]:
         if key not in configs:
             configs[key] = Configuration(key, {k: ident.get(k) for k in swept})
         configs[key].runs.append(run)
-    out = sorted(configs.values(), key=lambda c: [json.dumps(v, default=str) for v in c.values.values()])
+    out = sorted(configs.values(), key=lambda c: [(0, v, "") if _number(v) else (1, 0, json.dumps(v, default=str))
+                                                  for v in c.values.values()])  # 2 before 10
     for c in out:
         summarize(c)
     return out

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from dropsample.metrics.registry import BY_NAME
-from dropsample.report.collect import REFERENCE, TRAINING, Configuration, Estimate, _number, swept_axis, line_label
+from dropsample.report.collect import REFERENCE, Configuration, Estimate, _number, line_label, swept_axis
 from dropsample.stats import overlap, paired_ci
 
 KINDS = ("difference", "no difference", "note", "problem")

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from dropsample.metrics.registry import BY_NAME, FAMILIES
-from dropsample.report.collect import REFERENCE, TRAINING, Configuration, _short, family_of, metric_order
+from dropsample.report.collect import REFERENCE, Configuration, _short, family_of, metric_order
 from dropsample.report.findings import Finding, fmt, fmt_value, ranking_metric
 
 WIDTH = 100  # report.md's tables fit this many characters per line
@@ -300,7 +300,10 @@ def terminal(configs: list[Configuration], facts: list[Finding], headline: str |
 
     console = console or Console()
     labels = row_labels(configs)
-    table = Table(title="Training: best checkpoint, 95% intervals", title_justify="left")
+    tokenizers = sorted({c.tokenizer for c in configs})
+    caption = (f"different tokenizers ({', '.join(tokenizers)}): compare bits/byte, not ppl"
+               if len(tokenizers) > 1 else None)
+    table = Table(title="Training: best checkpoint, 95% intervals", title_justify="left", caption=caption)
     for header, left in (("configuration", True), ("seeds", False), ("val ppl", False), ("bits/byte", False),
                          ("gap (nats)", False)):
         table.add_column(header, justify="left" if left else "right", overflow="fold")
