@@ -31,7 +31,8 @@ def entry(value, half=None):
     return {"value": value, "low": None if half is None else value - half, "high": None if half is None else value + half}
 
 
-def write_run(folder, config, *, seed, rate, tokenizer="char", summary=None, rows=None, samples=None, settings=None):
+def write_run(folder, config, *, seed, rate, tokenizer="char", summary=None, rows=None, samples=None, settings=None,
+              judge=None):
     """A completed run folder with the given numbers, written through RunFolder."""
     import copy
 
@@ -49,7 +50,7 @@ def write_run(folder, config, *, seed, rate, tokenizer="char", summary=None, row
     if samples is not None:
         run.samples("s").mkdir(parents=True)
         data = {"samplers": {k: v for k, v in samples.items() if k != "reference"},
-                "reference": samples.get("reference"), "settings": settings or {}}
+                "reference": samples.get("reference"), "settings": settings or {}, "judge": judge}
         write_json_atomic(run.sample_metrics_path("s"), data)
         run.update_summary(latest_samples="s")
     return folder
@@ -336,3 +337,18 @@ def test_wide_tables_are_split_and_long_labels_become_ids():
     long = [Configuration(str(s), {"dropout.sites": s, "dropout.schedule.kind": "early"})
             for s in (["attn", "embd", "resid_mlp"], ["head"])]
     assert row_labels(long) == ["C1", "C2"]
+
+
+@pytest.mark.parametrize("judges,expected", [
+    ([{"kind": "self", "path": "a", "step": 20}, {"kind": "self", "path": "b", "step": 20}], "No judge model"),
+    ([{"kind": "run", "path": "/j", "step": 5}] * 2, "scored by one judge for every row: run /j (step 5)"),
+    ([{"kind": "run", "path": "/j", "step": 5}, {"kind": "transformers", "id": "gpt2"}], "Different judges"),
+])
+def test_the_judge_is_named_once_or_its_absence_said(base_config, tmp_path, judges, expected):
+    from dropsample.report.findings import findings
+
+    for j, judge in enumerate(judges):
+        write_run(tmp_path / f"job{j}", base_config, seed=0, rate=0.1 * j, summary=final(20.0), samples=decoding(),
+                  judge=judge)
+    notes = [f.statement for f in findings(groups([tmp_path])) if f.kind == "note"]
+    assert sum(expected in n for n in notes) == 1, notes

@@ -150,14 +150,17 @@ class Run:
         return out
 
     def judge(self) -> str | None:
-        """Who scored the text (metrics.json "judge"); None when nothing names one."""
+        """Who scored the text (metrics.json "judge": {"kind": "run", "path", "step"}, {"kind":
+        "transformers", "id"}); None when the model scored its own text ("kind": "self") or
+        nothing names a judge."""
         judge = (self.samples or {}).get("judge")
-        if judge is None:
+        if judge is None or (isinstance(judge, dict) and judge.get("kind") == "self"):
             return None
         if isinstance(judge, dict):
-            for key in ("name", "model", "run", "id", "path"):
+            step = f" (step {judge['step']})" if judge.get("step") is not None else ""
+            for key in ("id", "path", "name", "model", "run"):
                 if judge.get(key):
-                    return str(judge[key])
+                    return f"{judge.get('kind', 'judge')} {judge[key]}{step}"
             return json.dumps(judge, sort_keys=True)
         return str(judge)
 
@@ -215,7 +218,11 @@ class Configuration:
 
     def dropout(self) -> str:
         """Rates by site, sites sharing a rate grouped: `0.3: embd attn; head 0.1`; `none`."""
-        rates = self.runs[0].summary.dropout or {}
+        run = self.runs[0]
+        rates = run.summary.dropout
+        if not rates:  # a run that failed before training recorded its resolved rates: the config's
+            rate, sites = run.config.get("dropout.rate"), run.config.get("dropout.sites") or []
+            rates = {site: rate for site in sites} if _number(rate) else {}
         by_rate: dict[float, list[str]] = {}
         for site, rate in rates.items():
             if _number(rate) and rate:

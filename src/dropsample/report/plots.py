@@ -222,8 +222,8 @@ def knob_curves(configs: list[Configuration], headline: str) -> list[Plot]:
                 points = [(x, c.decoding.get(name, {}).get(headline)) for x, name in members]
                 points = [(x, e) for x, e in points if e is not None and e.value is not None]
                 if points:
-                    _errorbar(ax, [p[0] for p in points], [p[1] for p in points],
-                              label=f"{c.short_label()}: {', '.join(n for _, n in members)}")
+                    label = c.short_label() if len(groups) == 1 else f"{c.short_label()}: {members[0][1]}..."
+                    _errorbar(ax, [p[0] for p in points], [p[1] for p in points], label=label)
         m = BY_NAME.get(headline)
         ax.set_xlabel(f"{knob} (sampler setting)")
         ax.set_ylabel(f"{m.label} ({m.unit})" if m else headline)
