@@ -355,3 +355,29 @@ def test_the_judge_is_named_once_or_its_absence_said(base_config, tmp_path, judg
                   judge=judge)
     notes = [f.statement for f in findings(groups([tmp_path])) if f.kind == "note"]
     assert sum(expected in n for n in notes) == 1, notes
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_an_optuna_study_adds_its_section_to_the_html(base_config, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from dropsample.tune import SWEEPER
+
+    sweep = tmp_path / "study"
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    for j, (rate, loss) in enumerate(((0.0, 3.0), (0.1, 2.5))):
+        run = write_run(sweep / f"job{j}", base_config, seed=0, rate=rate, summary=final(math.exp(loss)))
+        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
+            {"hydra": {"sweeper": {"_target_": SWEEPER, "storage": storage, "study_name": "s"}}}))
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"dropout.rate={rate}"]))
+    study = optuna.create_study(study_name="s", storage=storage)
+    for rate, loss in ((0.0, 3.0), (0.1, 2.5)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"dropout.rate": rate}, distributions={"dropout.rate": optuna.distributions.CategoricalDistribution(
+                [0.0, 0.1])}, value=loss))
+    from dropsample.report.command import report_command
+
+    report_command([sweep], format="html")
+    page = (sweep / "report.html").read_text()
+    assert "<h2>Optuna study <code>s</code></h2>" in page
+    assert "<strong>Best: trial 1</strong>, val_loss = 2.5 with <code>dropout.rate=0.1</code>" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 4  # 3 report plots + the history
