@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dropsample.metrics.registry import BY_NAME
+from dropsample.metrics.registry import BY_NAME, FALLBACK_HEADLINE, HEADLINE
 from dropsample.report.collect import REFERENCE, Configuration, Estimate, _number, line_label, swept_axis
 from dropsample.stats import overlap, paired_ci
 
@@ -139,8 +139,6 @@ def ranking_metric(configs: list[Configuration]) -> str:
 
 def headline_metric(configs: list[Configuration], wanted: str | None = None) -> str | None:
     """--metric, else the registry's headline (MAUVE) when measured, else its fallback (distinct-4)."""
-    from dropsample.metrics.registry import FALLBACK_HEADLINE, HEADLINE
-
     present = {m for c in configs for rows in c.decoding.values() for m, e in rows.items() if e.value is not None}
     if wanted:
         return wanted

@@ -24,7 +24,6 @@ from dropsample.metrics.registry import BY_NAME
 from dropsample.report.collect import REFERENCE, Configuration, Estimate, _number, _short, line_label, swept_axis
 from dropsample.stats import mean_ci, normal_interval
 
-KNOBS = ("temperature", "top_p", "top_k", "min_p", "typical_p", "epsilon", "eta", "penalty_alpha", "num_beams")
 SIZE = (8, 4.5)
 DPI = 110
 
@@ -206,7 +205,8 @@ def knob_curves(configs: list[Configuration], headline: str) -> list[Plot]:
         for r in c.completed:
             for name, s in r.knobs().items():
                 settings.setdefault(name, s)
-    for knob in KNOBS:
+    knobs = sorted({k for s in settings.values() for k, v in s.items() if _number(v)})  # every numeric setting
+    for knob in knobs:
         groups: dict[str, list[tuple[float, str]]] = {}
         for name, s in settings.items():
             if not _number(s.get(knob)):
