@@ -226,7 +226,8 @@ def knob_curves(configs: list[Configuration], headline: str) -> list[Plot]:
                     _errorbar(ax, [p[0] for p in points], [p[1] for p in points], label=label)
         m = BY_NAME.get(headline)
         ax.set_xlabel(f"{knob} (sampler setting)")
-        ax.set_ylabel(f"{m.label} ({m.unit})" if m else headline)
+        unit = {"word": "on words", "token": "on model tokens", "text": "on whole texts", "judge": "judge"}
+        ax.set_ylabel(f"{m.label} ({unit.get(m.unit, m.unit)})" if m else headline)
         out.append(_finish(fig, ax, f"knob_{knob}.png", f"{m.label if m else headline} along {knob}; "
                                                         "bars: 95% intervals"))
     return out
