@@ -254,12 +254,16 @@ def report(
     paths: List[Path] = typer.Argument(..., help="Sweep folders, run folders, or globs of them."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where report.md, results.csv and plots go."),
     skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Leave out runs whose files are damaged."),
+    format: str = typer.Option("md", "--format", help="md: report.md + results.csv + plots/; csv: results.csv; "
+                               "html: one self-contained report.html (+ results.csv)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Headline sample metric (default: mauve when "
+                                         "measured, else distinct_4)."),
 ) -> None:
-    """Compare runs: one row per configuration, seeds aggregated, plots and findings."""
+    """Compare runs: training and decoding tables with 95% intervals, findings, plots."""
     from dropsample.report.command import report_command
 
     try:
-        report_command(paths, out, skip_damaged=skip_damaged)
+        report_command(paths, out, skip_damaged=skip_damaged, format=format, metric=metric)
     except UserError as err:
         _fail(err)
 

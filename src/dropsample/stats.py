@@ -45,3 +45,24 @@ def spearman(x: list[float], y: list[float]) -> float | None:
         return r
 
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+Z95 = 1.959964  # two-sided 95% normal quantile
+
+
+def normal_interval(value: float | None, se: float | None) -> tuple[float | None, float | None]:
+    """value -+ 1.96 SE (None where either is missing)."""
+    if value is None or se is None or not math.isfinite(value) or not math.isfinite(se):
+        return None, None
+    return value - Z95 * se, value + Z95 * se
+
+
+def paired_ci(a: list[float], b: list[float]) -> tuple[float | None, float | None, float | None]:
+    """Mean of the paired differences a_i - b_i with its 95% Student-t interval: the paired
+    t-test at the 5% level rejects "no difference" exactly when the interval excludes 0."""
+    return mean_ci([x - y for x, y in zip(a, b) if x is not None and y is not None])
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two intervals (low, high) share a point."""
+    return a[0] <= b[1] and b[0] <= a[1]

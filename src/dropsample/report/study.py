@@ -228,27 +228,31 @@ def print_study(study: Study) -> None:
     table = Table(title=f"Optuna study {study.name} ({study.objective}, {study.direction})",
                   caption=f"best: trial {best.number}, {best.value:.6g}" if best else "no trial completed")
     for column in ("trial", "state", study.objective, *names, "note"):
-        table.add_column(escape(column))
+        table.add_column(escape(column), overflow="fold")
     for t in study.trials:
         table.add_row(str(t.number), _state(t), _fmt(t.value), *(escape(_fmt(t.params.get(k))) for k in names),
                       escape(t.note))
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        console = Console(stderr=True, width=160)
-    console.print(table)
+    Console(stderr=True).print(table)  # at the terminal's width; columns fold, never cut numbers
 
 
-def study_report(paths: list[Path], out: Path) -> list[Study]:
-    """For each given folder that holds an Optuna study: a section appended to report.md, a
-    history plot under plots/, and the trials table on the terminal."""
-    studies = []
+def study_sections(paths: list[Path], out: Path) -> list[str]:
+    """For each given folder that holds an Optuna study: its history plot under out/plots, its
+    trials table on the terminal, and its report section (markdown), returned."""
+    sections = []
     for path in paths:
         study = load_study(Path(path)) if Path(path).is_dir() else None
         if study is None:
             continue
         plot = plot_history(study, out / "plots" / f"study_{_slug(study.name)}_history.png")
-        with open(out / "report.md", "a") as f:
-            f.write("\n" + markdown(study, plot, out))
         print_study(study)
-        studies.append(study)
-    return studies
+        sections.append(markdown(study, plot, out))
+    return sections
+
+
+def study_report(paths: list[Path], out: Path) -> list[str]:
+    """study_sections, each appended to out/report.md."""
+    sections = study_sections(paths, out)
+    with open(out / "report.md", "a") as f:
+        for section in sections:
+            f.write("\n" + section)
+    return sections
