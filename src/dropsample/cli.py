@@ -109,9 +109,10 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
 
 
 def _launcher_processes(hydra_cfg) -> int | None:
-    """Processes a SLURM launcher starts per job (nodes x tasks_per_node: one DDP run); None for others."""
+    """Processes a submitit launcher (slurm, submitit_local) starts per job (nodes x tasks_per_node:
+    one DDP run); None for the others."""
     launcher = hydra_cfg.get("launcher") or {}
-    if "SlurmLauncher" not in str(launcher.get("_target_", "")):
+    if "hydra_submitit_launcher" not in str(launcher.get("_target_", "")):
         return None
     return int(launcher.get("nodes") or 1) * int(launcher.get("tasks_per_node") or 1)
 

@@ -64,11 +64,22 @@ def _int(environ, key: str, default: int) -> int:
                         "launch through torchrun or the slurm launcher, which set it") from None
 
 
+# submitit executors and the variable holding a job's number of tasks
+SUBMITIT_TASKS = {"slurm": "SLURM_NTASKS", "local": "SUBMITIT_LOCAL_NTASKS"}
+
+
+def _submitit_tasks(env) -> int | None:
+    """Tasks of the submitit job this process belongs to (None outside submitit or once exported)."""
+    key = SUBMITIT_TASKS.get(env.get("SUBMITIT_EXECUTOR", ""))
+    return _int(env, key, 1) if key is not None and "RANK" not in env else None
+
+
 def launch(environ=None) -> Launch:
-    """What the launcher told this process: torchrun's variables, else a submitit SLURM job with
-    several tasks (its TorchDistributedEnvironment exports torchrun's variables), else single."""
+    """What the launcher told this process: torchrun's variables, else a submitit job with
+    several tasks (SLURM, or submitit's local executor; its TorchDistributedEnvironment
+    exports torchrun's variables), else single."""
     env = os.environ if environ is None else environ
-    if "RANK" not in env and env.get("SUBMITIT_EXECUTOR") == "slurm" and _int(env, "SLURM_NTASKS", 1) > 1:
+    if (_submitit_tasks(env) or 1) > 1:
         if env is not os.environ:
             raise UserError("a submitit job's distributed environment can only be read from os.environ")
         from submitit.helpers import TorchDistributedEnvironment
@@ -108,8 +119,8 @@ def check(ddp, device: str, *, sweep: bool = False, planned: int | None = None, 
     env = os.environ if environ is None else environ
     if planned is not None:
         launched, world = planned > 1, planned
-    elif env.get("SUBMITIT_EXECUTOR") == "slurm" and "RANK" not in env:
-        launched, world = _int(env, "SLURM_NTASKS", 1) > 1, _int(env, "SLURM_NTASKS", 1)
+    elif _submitit_tasks(env) is not None:
+        launched, world = _submitit_tasks(env) > 1, _submitit_tasks(env)
     else:
         launched, world = "RANK" in env or "WORLD_SIZE" in env, _int(env, "WORLD_SIZE", 1)
     if ddp is True and not launched:
@@ -122,7 +133,7 @@ def check(ddp, device: str, *, sweep: bool = False, planned: int | None = None, 
     if planned is None and world > 1 and "RANK" in env and "MASTER_ADDR" not in env:
         raise UserError("RANK and WORLD_SIZE are set but MASTER_ADDR is not; launch through torchrun, which sets "
                         "all of them")
-    if planned is None and world > 1 and sweep and env.get("SUBMITIT_EXECUTOR") != "slurm":
+    if planned is None and world > 1 and sweep and env.get("SUBMITIT_EXECUTOR") not in SUBMITIT_TASKS:
         raise UserError("a sweep (-m) under torchrun is not supported; run one torchrun per configuration, or "
                         "sweep on SLURM with hydra/launcher=slurm hydra.launcher.tasks_per_node=N")
     if world > 1 and (device == "mps" or device.startswith("cuda:")):
