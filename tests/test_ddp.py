@@ -33,13 +33,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run --nproc_per_node=2 ARGS` on a free port, one thread per rank."""
+def python(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python ARGS` with one torch thread per process (two ranks share the test machine's cores)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --nproc_per_node=2 ARGS` on a free port."""
+    return python("-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                  f"--master_port={free_port()}", *args, cwd=cwd)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -61,7 +65,12 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(ddp_cli_run, tmp
     run_dir, _ = ddp_cli_run
     cfg = compose(COMMON + ["train.batch_size=8", "sample_after_train=false"])
     single_dir = make_run_dir(tmp_path, cfg)
-    single = training.train(cfg, single_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank has
+    try:
+        single = training.train(cfg, single_dir)
+    finally:
+        torch.set_num_threads(threads)
     ddp, one = rows(run_dir), rows(single_dir)
     assert [r["step"] for r in ddp] == [r["step"] for r in one] == [0, 10, 20]
     for a, b in zip(ddp, one):
@@ -100,40 +109,69 @@ def test_only_rank_zero_writes_the_run_folder(ddp_cli_run):
     assert not list(run_dir.rglob(".tmp-*"))
 
 
-def test_resume_after_an_interruption_is_bit_exact_and_ranks_drop_differently(tmp_path):
+@pytest.fixture(scope="module")
+def worker_run(tmp_path_factory):
+    """tests/ddp_worker.py on 2 ranks: full, interrupted and resumed runs (dropout 0.3), the
+    ranks' outputs, then a run whose rank 1 fails (so the launcher exits non-zero)."""
+    out = tmp_path_factory.mktemp("ddp_worker")
     overrides = [o for o in COMMON if o != "dropout=none"] + [
         "train.batch_size=2", "train.eval_interval=5", "sample_after_train=false", "dropout.rate=0.3"]
-    result = torchrun(str(WORKER), "resume", str(tmp_path), json.dumps(overrides), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    record = json.loads((tmp_path / "masks.json").read_text())
+    result = torchrun(str(WORKER), str(out), json.dumps(overrides), cwd=out)
+    assert (out / "masks.json").is_file(), result.stderr[-4000:]
+    return out, result
+
+
+def test_resume_after_an_interruption_is_bit_exact(worker_run):
+    out, _ = worker_run
+    record = json.loads((out / "masks.json").read_text())
     assert record["statuses"] == [["completed", "interrupted", "completed"]] * 2
-    full, cut = RunFolder(tmp_path / "full").summary(), RunFolder(tmp_path / "cut").summary()
+    full, cut = RunFolder(out / "full").summary(), RunFolder(out / "cut").summary()
     assert cut.status == "completed" and full.world_size == cut.world_size == 2
     for key in ("final_train_loss", "final_val_loss", "best_val_loss", "best_step", "tokens_seen", "val_loss"):
         assert getattr(cut, key) == getattr(full, key), key
     timing = {"tokens_per_sec", "elapsed_sec"}
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "cut")) == strip(rows(tmp_path / "full"))
+    assert strip(rows(out / "cut")) == strip(rows(out / "full"))
+    assert len(rows(out / "full")) == 5  # steps 0, 5, 10, 15, 20: the cut one resumed in between
     # every rank's dropout stream is in the checkpoint
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "full" / "checkpoints" / "last" / "state.safetensors"), "pt") as f:
+    with safe_open(str(out / "full" / "checkpoints" / "last" / "state.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert {"rng.torch", "rng.rank1.torch", "rng.data"} <= keys
+
+
+def test_ranks_draw_different_dropout_masks(worker_run):
+    out, _ = worker_run
+    rank0, rank1 = json.loads((out / "masks.json").read_text())["outputs"]
     # same weights and input on both ranks: eval outputs agree, dropout (train mode) outputs do not
-    rank0, rank1 = record["outputs"]
     assert rank0["eval"] == rank1["eval"]
     assert rank0["train"] != rank1["train"]
 
 
-def test_a_failing_rank_never_leaves_a_completed_run(tmp_path):
-    overrides = COMMON + ["train.batch_size=2", "sample_after_train=false", "train.max_iters=200"]
-    result = torchrun(str(WORKER), "fail", str(tmp_path), json.dumps(overrides), cwd=tmp_path)
+def test_a_failing_rank_never_leaves_a_completed_run(worker_run):
+    out, result = worker_run
     assert result.returncode != 0
     assert "error (rank 1): RuntimeError: simulated bug on rank 1" in result.stderr
-    summary = RunFolder(tmp_path / "run").summary()
+    summary = RunFolder(out / "run").summary()
     assert summary.status in ("failed", "interrupted"), summary.status
     assert summary.world_size == 2
+
+
+def test_submitit_tasks_train_one_run_as_on_slurm(ddp_cli_run, tmp_path):
+    """hydra/launcher=slurm with tasks_per_node=N takes this path: every submitit task runs the job
+    and TorchDistributedEnvironment turns the job's tasks into ranks (here submitit's local executor)."""
+    result = python("-m", "dropsample", "train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                    "hydra.launcher.gpus_per_node=0", *COMMON, "train.batch_size=4", "sample_after_train=false",
+                    "experiment_name=sub", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (job,) = (tmp_path / "runs" / "sub").glob("*_sweep/job0")
+    summary = RunFolder(job).summary()
+    assert (summary.status, summary.world_size, summary.global_batch) == ("completed", 2, 8)
+    for a, b in zip(rows(job), rows(ddp_cli_run[0]), strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5) and a["step"] == b["step"]
+    assert len([line for line in (job / "train.log").read_text().splitlines() if "eval step" in line]) == 3
+    assert len(list((job.parent / ".submitit").glob("*/*_1_log.err"))) == 1, "rank 1 ran as a second task"
 
 
 def test_resume_with_another_number_of_processes_is_refused(ddp_cli_run, tmp_path):

@@ -101,6 +101,8 @@ def run_task(raw_cfg, run_dir: Path, *, sweep_job: bool, resume: bool = False) -
                 return run.summary()
             resume = action == "resume"
             done = None if resume else sweep.find_completed(cfg, config_hash(cfg), exclude=run.path)
+            if done is not None and (RunFolder(done).summary().world_size or 1) != distributed.info().world_size:
+                done = None  # trained on another number of processes: another global batch, another result
             if not resume:
                 distributed.broadcast(done is not None)  # the DDP ranks skip with rank 0
             if done is not None:
@@ -183,7 +185,8 @@ def resume(run_dir: Path) -> Summary:
         run.load_checkpoint("last", fix=f"it cannot resume from there: delete {run_dir} and train again, "
                                         "or sample and evaluate from checkpoints/best")
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if distributed.is_main():  # DDP: every rank read the same files; rank 0 says it once
+            print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     with run.logging_to_file() if distributed.is_main() else nullcontext():
         return run_task(raw, run.path, sweep_job=False, resume=True)
