@@ -72,7 +72,7 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from dropsample import tune
+    from dropsample import distributed, tune
     from dropsample.config import hydra_context, validate
     from dropsample.loggers import check_installed
     from dropsample.sweep import expand_jobs
@@ -93,10 +93,12 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
                 if sweeps:
                     raise UserError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
                 jobs = [overrides]
+            planned = _launcher_processes(hydra_cfg) if multirun else None
             for job in jobs:
                 cfg = validate(compose("config", overrides=job))
                 check_installed(cfg.logger)
                 tune.check(cfg)
+                distributed.check(cfg.train.ddp, cfg.train.device, sweep=multirun, planned=planned)
             folder = str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
             pins = tune.study_overrides(hydra_cfg, folder, cfg.experiment_name, overrides) if study else []
     except UserError:
@@ -106,19 +108,45 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
     return Preflight(len(jobs), folder, pins)
 
 
+def _launcher_processes(hydra_cfg) -> int | None:
+    """Processes a submitit launcher (slurm, submitit_local) starts per job (nodes x tasks_per_node:
+    one DDP run); None for the others."""
+    launcher = hydra_cfg.get("launcher") or {}
+    if "hydra_submitit_launcher" not in str(launcher.get("_target_", "")):
+        return None
+    return int(launcher.get("nodes") or 1) * int(launcher.get("tasks_per_node") or 1)
+
+
 def _hydra_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from dropsample import distributed
     from dropsample.task import run_task
     from dropsample.tune import value
 
     hc = HydraConfig.get()
     _share_cpu_threads(hc)
     out = Path(hc.runtime.output_dir)
-    summary = run_task(cfg, out, sweep_job=hc.mode == RunMode.MULTIRUN)
+    # under torchrun the CLI started the process group already; SLURM tasks (submitit) start it here
+    with distributed.session():
+        main = distributed.is_main()
+        if not main:
+            _detach_file_logging()  # train.log is rank 0's
+        summary = run_task(cfg, out, sweep_job=hc.mode == RunMode.MULTIRUN)
+    if not main:  # the launcher reads rank 0's result
+        return None
     # what an adaptive sweeper (Optuna) optimises: a number, or None for a failed trial
     return value(str(cfg.get("objective", "val_loss")), summary, out)
+
+
+def _detach_file_logging() -> None:
+    """A DDP rank > 0 logs to its console only (Hydra gave every process a handler on train.log)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _share_cpu_threads(hc) -> None:
@@ -150,19 +178,31 @@ def train(
       dropsample train -m dropout.rate=0,0.1,0.2 seed=0,1
       dropsample train --cfg job      (print the composed config)
     """
+    from dropsample import distributed
+
     overrides = normalize(list(ctx.args))
+    try:
+        launch = distributed.launch()  # torchrun's environment: one run on launch.world_size processes
+    except UserError as err:
+        _fail(err)
     if resume is not None:
         if overrides:
             _fail(UserError("--resume continues a run with its own config; drop the overrides"))
         from dropsample.task import resume as resume_run
 
-        resume_run(resume)
+        try:
+            with distributed.session(launch):
+                resume_run(resume)
+        except UserError as err:  # the process group could not start
+            _fail(err)
         return
     folder = None
     if not any(a.startswith("-") for a in overrides):  # Hydra's own flags (--cfg, --info) run nothing
         try:
             _, folder, pins = preflight(overrides, multirun)
         except UserError as err:
+            if launch.rank:  # every rank composed the same config: rank 0 says it once
+                raise typer.Exit(err.exit_code) from None
             _fail(err)
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         if not any(o.startswith(key + "=") for o in overrides):
@@ -172,8 +212,18 @@ def train(
 
     from dropsample.config import conf_dir
 
-    sys.argv = ["dropsample"] + (["--multirun"] if multirun else []) + overrides
-    hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_task)()
+    try:
+        with distributed.session(launch):
+            if launch.distributed and folder is not None:
+                folder = distributed.broadcast(folder)
+                key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+                overrides = [o for o in overrides if not o.startswith(key + "=")] + [f"{key}='{folder}'"]
+                if launch.rank:
+                    overrides.append("hydra.output_subdir=null")  # .hydra/ is rank 0's to write
+            sys.argv = ["dropsample"] + (["--multirun"] if multirun else []) + overrides
+            hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(_hydra_task)()
+    except UserError as err:  # the process group could not start
+        _fail(err)
     if multirun and folder is not None:
         _sweep_exit(Path(folder))
 

@@ -17,6 +17,11 @@ Windows of one text are not independent (neighbours share topics), so these stan
 describe the spread over windows, not over corpora. Training ends with this evaluation of the
 best checkpoint (train, val and test when there is one); `dropsample eval` runs it on demand,
 optionally with MC dropout (the mean of K dropout-perturbed predictive distributions).
+
+Under DDP (distributed.py) each rank scores every W-th window and the per-window vectors
+(nats, bytes; zero where another rank scored) are summed over ranks with all_reduce, so every
+rank holds the same n values a single process computes and the means and standard errors
+above are the single-process figures, not an average of per-rank ones.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dropsample import data as data_mod
+from dropsample import distributed
 from dropsample import tokenizer as toks
 from dropsample.device import pick_device
 from dropsample.dropout import set_mc_dropout
@@ -99,12 +105,14 @@ def split_loss(model, ids: np.ndarray, *, byte_lengths: np.ndarray | None = None
     model.eval()
     if mc_samples:
         torch.manual_seed(seed)
-    nats = np.empty(len(starts))
-    nbytes = np.zeros(len(starts), dtype=np.int64)
+    nats = np.zeros(len(starts))  # (n,) float64 nats per window
+    nbytes = np.zeros(len(starts), dtype=np.int64)  # (n,) UTF-8 bytes of each window's targets
+    mine = np.arange(len(starts))[distributed.shard(len(starts))]  # this rank's windows (all of them alone)
     offsets = torch.arange(block + 1)
     try:
-        for first in range(0, len(starts), batch_size):
-            rows = data[torch.as_tensor(starts[first : first + batch_size])[:, None] + offsets]  # (b, block + 1)
+        for first in range(0, len(mine), batch_size):
+            chosen = mine[first : first + batch_size]  # (b,)
+            rows = data[torch.as_tensor(starts[chosen])[:, None] + offsets]  # (b, block + 1)
             x, y = rows[:, :-1].to(device), rows[:, 1:].to(device)
             with amp if amp is not None else nullcontext():
                 if mc_samples:
@@ -114,11 +122,13 @@ def split_loss(model, ids: np.ndarray, *, byte_lengths: np.ndarray | None = None
                     nll = -probs.gather(-1, y[..., None]).squeeze(-1).clamp_min(1e-30).log()
                 else:
                     nll = -F.log_softmax(model(x)[0].float(), dim=-1).gather(-1, y[..., None]).squeeze(-1)
-            nats[first : first + len(rows)] = nll.sum(dim=1).double().cpu().numpy()
+            nats[chosen] = nll.sum(dim=1).double().cpu().numpy()
             if byte_lengths is not None:
-                nbytes[first : first + len(rows)] = byte_lengths[rows[:, 1:].numpy()].sum(axis=1)
+                nbytes[chosen] = byte_lengths[rows[:, 1:].numpy()].sum(axis=1)
     finally:
         model.train(was_training)
+    if distributed.active():  # disjoint shares: the sums are every window's values
+        nats, nbytes = distributed.sum_(nats), distributed.sum_(nbytes)
     per_window = nats / block
     total_bytes = int(nbytes.sum())
     return SplitLoss(

@@ -102,6 +102,8 @@ class Summary:
     dtype: Optional[str] = None
     torch_version: Optional[str] = None
     cpu_threads: Optional[int] = None
+    world_size: Optional[int] = None  # processes training the run (DDP; 1 without)
+    global_batch: Optional[int] = None  # sequences per optimizer step: batch_size x grad_accum x world_size
     # training, at its end (also after divergence or interruption)
     steps: Optional[int] = None
     best_val_loss: Optional[float] = None

@@ -247,6 +247,9 @@ class TrainConfig:
                       check=OneOf(DTYPES))
     compile: bool = spec(False, "torch.compile the model", result=False)
     jobs_per_gpu: int = spec(1, "parallel sweeps: jobs sharing one GPU", check=POSITIVE, result=False)
+    ddp: Optional[bool] = spec(None, "one run on several processes (torchrun, or SLURM tasks): null = DDP whenever "
+                               "launched on several, true = require such a launch, false = refuse one; the global "
+                               "batch is batch_size x grad_accum x processes", result=False)
 
     def check(self, prefix: str) -> None:
         Range(0.0, self.lr, allowed=f"must be in [0, {prefix}lr={self.lr}]")(f"{prefix}min_lr", self.min_lr)

@@ -10,6 +10,11 @@ failure policy every job goes through.
                     diverged / interrupted: one line, exit 1
         sweep job   anything:               status and reason in summary.json, never raises,
                                             so one failing configuration cannot stop the others
+        DDP rank > 0                        writes nothing: its error goes to stderr (the
+                                            launcher's output) and it exits non-zero; the
+                                            launcher stops the other ranks, and rank 0 records
+                                            `interrupted` or `failed`, never `completed`
+                                            (training ends with a barrier every rank must reach)
 
 A sweep's outcome is read back from sweep_summary.json (sweep.py writes it). Reruns are
 idempotent: a job finds its own folder completed and skips it, resumes a sound
@@ -25,9 +30,10 @@ import shutil
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
-from dropsample import headline, loggers, sweep, training
+from dropsample import distributed, headline, loggers, sweep, training
 from dropsample.config import validate
 from dropsample.errors import UserError
 from dropsample.runs import RunFolder, Summary
@@ -40,9 +46,14 @@ log = logging.getLogger("dropsample")
 def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
     """Train `cfg` into run_dir, then sample from it. Raises on bad input and bugs."""
     run = RunFolder(run_dir)
+    # DDP: each process trains on its own GPU (cuda:LOCAL_RANK), not on a sweep's GPU slot
+    slot = (nullcontext(distributed.local_device(cfg.train.device, distributed.info())) if distributed.active()
+            else sweep.device_slot(cfg))
     # keep_open: the samples go to the same experiment-logger runs as the training
-    with sweep.device_slot(cfg) as device, loggers.keep_open(run_dir):
+    with slot as device, loggers.keep_open(run_dir):
         summary = training.train(cfg, run_dir, resume=resume, device=device)
+        if not distributed.is_main():  # rank 0 samples and reports
+            return summary
         if summary.status == "completed" and cfg.sample_after_train:
             # the experiment is not complete until its samples are written
             run.update_summary(status="running", stage="sampling")
@@ -78,15 +89,22 @@ def plan_rerun(cfg: Config, run: RunFolder) -> str:
 def run_task(raw_cfg, run_dir: Path, *, sweep_job: bool, resume: bool = False) -> Summary | None:
     """The failure policy around `job` (see the module docstring)."""
     run = RunFolder(run_dir)
+    if not distributed.is_main():
+        return _run_other_rank(raw_cfg, run, sweep_job=sweep_job, resume=resume)
     try:
         cfg = validate(raw_cfg)
+        distributed.check(cfg.train.ddp, cfg.train.device, sweep=sweep_job)
         if sweep_job and not resume:
-            action = plan_rerun(cfg, run)
+            action = distributed.broadcast(plan_rerun(cfg, run))  # rank 0 decides; DDP ranks follow
             if action == "skip":
                 log.info("skipping: this job already completed in %s", run.path)
                 return run.summary()
             resume = action == "resume"
             done = None if resume else sweep.find_completed(cfg, config_hash(cfg), exclude=run.path)
+            if done is not None and (RunFolder(done).summary().world_size or 1) != distributed.info().world_size:
+                done = None  # trained on another number of processes: another global batch, another result
+            if not resume:
+                distributed.broadcast(done is not None)  # the DDP ranks skip with rank 0
             if done is not None:
                 log.info("skipping: the same configuration already completed in %s", done)
                 return run.update_summary(status="skipped", same_as=str(done), config_hash=config_hash(cfg))
@@ -112,6 +130,32 @@ def run_task(raw_cfg, run_dir: Path, *, sweep_job: bool, resume: bool = False) -
         print(f"error: run {summary.status}: {summary.error} ({run.path})", file=sys.stderr)
         raise SystemExit(1)
     return summary
+
+
+def _run_other_rank(raw_cfg, run: RunFolder, *, sweep_job: bool, resume: bool) -> Summary | None:
+    """run_task on a DDP rank > 0: the same job, following rank 0's rerun decisions, writing
+    nothing; a problem is one line (and a bug's traceback) on this process's stderr."""
+    rank = distributed.info().rank
+    try:
+        cfg = validate(raw_cfg)
+        distributed.check(cfg.train.ddp, cfg.train.device, sweep=sweep_job)
+        if sweep_job and not resume:
+            action = distributed.broadcast(None)
+            if action == "skip" or (action != "resume" and distributed.broadcast(None)):
+                return run.summary()
+            resume = action == "resume"
+        return job(cfg, run.path, resume=resume)
+    except UserError as err:
+        print(f"error (rank {rank}): {err}", file=sys.stderr)
+        if sweep_job:
+            return Summary(status="failed", error=f"bad input: {err}")
+        raise SystemExit(err.exit_code) from None
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        print(f"error (rank {rank}): {reason}\n{traceback.format_exc()}", file=sys.stderr)
+        if sweep_job:
+            return Summary(status="failed", error=reason)
+        raise SystemExit(1) from None
 
 
 def append_traceback(run: RunFolder, text: str) -> None:
@@ -141,7 +185,8 @@ def resume(run_dir: Path) -> Summary:
         run.load_checkpoint("last", fix=f"it cannot resume from there: delete {run_dir} and train again, "
                                         "or sample and evaluate from checkpoints/best")
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if distributed.is_main():  # DDP: every rank read the same files; rank 0 says it once
+            print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    with run.logging_to_file():
+    with run.logging_to_file() if distributed.is_main() else nullcontext():
         return run_task(raw, run.path, sweep_job=False, resume=True)

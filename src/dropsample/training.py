@@ -8,6 +8,11 @@ loss in eval mode (no dropout) on `eval_iters` batches each, drawn with the fixe
 saves `checkpoints/last` (and `best` when val improved). Everything a resumed run needs
 is one TrainState (saved whole in state.json) plus tensors (weights, AdamW moments, RNG
 states), so a resumed run continues exactly as if it had never stopped.
+
+On several processes (distributed.py) the same phases run on every rank: the model is wrapped
+in DistributedDataParallel for the optimizer steps, each rank takes its slice of the global
+batch, losses and evaluations are reduced over ranks, every rank's RNG state goes into the
+checkpoint, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import torch
 
 from dropsample import checkpoint as ckpt
 from dropsample import data as data_mod
+from dropsample import distributed
 from dropsample import loggers
 from dropsample.config import validate_with_data
 from dropsample import tokenizer as toks
 from dropsample.device import autocast, pick_device, pick_dtype
 from dropsample.evaluation import evaluate_splits, gap, standard_error
-from dropsample.errors import DamagedFile
+from dropsample.errors import DamagedFile, UserError
 from dropsample.dropout import DropoutRates, DropoutSchedule, resolve_rates
 from dropsample.model import GPT, GPTConfig
 from dropsample.runs import RunFolder, Summary, finite
@@ -70,18 +76,26 @@ def make_optimizer(model: GPT, t: TrainConfig, device: torch.device) -> torch.op
 
 
 class Batches:
-    """Random windows of block_size + 1 tokens; the generator's state is the data position."""
+    """Random windows of block_size + 1 tokens; the generator's state is the data position.
 
-    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device: torch.device, seed: int):
+    Under DDP every rank draws the same batch_size * world_size window indices and keeps slice
+    `rank` of them, so the ranks' batches are disjoint draws whose union is exactly the batch one
+    process with batch_size * world_size draws, and the generator's state is the same on every rank.
+    """
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, device: torch.device, seed: int,
+                 rank: int = 0, world_size: int = 1):
         self.data = data  # (N,) int64 token ids
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         # (N - block_size, block_size + 1) strided view: a batch is one gather, no copies per row
         self.windows = self.data.unfold(0, block_size + 1, 1)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(self.windows.shape[0], (self.batch_size,), generator=self.generator)
-        rows = self.windows[ix]
+        n = self.batch_size * self.world_size
+        ix = torch.randint(self.windows.shape[0], (n,), generator=self.generator)  # (B * W,)
+        rows = self.windows[ix[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]]  # (B, T + 1)
         x, y = rows[:, :-1], rows[:, 1:]
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -92,12 +106,17 @@ class Batches:
 def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, device, amp,
                   byte_lengths: np.ndarray) -> dict[str, dict]:
     """Per split: mean loss over eval_iters fixed batches (eval mode), its standard error over
-    the batches, and bits per byte of the batches' targets."""
+    the batches, and bits per byte of the batches' targets.
+
+    Under DDP a batch is the global one (each rank scores its slice, see Batches): a batch's
+    loss is the mean of the ranks' equal-sized slice means, and bytes add up over ranks."""
     was_training = model.training
     model.eval()
     out = {}
+    launch = distributed.info()
     for offset, (role, ids) in enumerate(sorted(splits.items())):
-        batches = Batches(ids, cfg.model.block_size, cfg.train.batch_size, device, cfg.train.eval_seed + offset)
+        batches = Batches(ids, cfg.model.block_size, cfg.train.batch_size, device, cfg.train.eval_seed + offset,
+                          launch.rank, launch.world_size)
         losses, nbytes = [], 0
         for _ in range(cfg.train.eval_iters):
             x, y = batches.next()
@@ -105,8 +124,12 @@ def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, devi
                 _, loss = model(x, y)
             losses.append(loss.item())
             nbytes += int(byte_lengths[y.cpu().numpy()].sum())
+        if distributed.active():
+            # (eval_iters + 1,) float64: per-batch losses and the byte count, summed over ranks
+            summed = distributed.sum_(np.asarray(losses + [nbytes], dtype=np.float64))
+            losses, nbytes = list(summed[:-1] / launch.world_size), int(summed[-1])
         mean = float(np.mean(losses))
-        tokens = cfg.train.eval_iters * y.numel()
+        tokens = cfg.train.eval_iters * y.numel() * launch.world_size
         out[role] = {"loss": mean, "se": standard_error(np.asarray(losses)),
                      "bpb": mean * tokens / (math.log(2) * nbytes) if nbytes else None}
     model.train(was_training)
@@ -123,7 +146,7 @@ class Progress:
 
     def __post_init__(self):
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and distributed.is_main():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
 
             self.bar = RichProgress(
@@ -163,6 +186,7 @@ class TrainState:
     wall_seconds: float = 0.0  # wall time of the run up to this state, earlier processes included
     schedule: dict = field(default_factory=dict)  # DropoutSchedule.state_dict()
     last_eval: dict = field(default_factory=dict)  # role -> loss at the latest evaluation
+    world_size: int = 1  # processes that trained it (DDP): a resume needs as many
 
     def state_dict(self) -> dict:
         d = asdict(self)
@@ -180,17 +204,24 @@ class TrainState:
 
 
 def rng_states(batches: Batches, device: torch.device) -> dict[str, torch.Tensor]:
-    states = {"torch": torch.get_rng_state(), "data": batches.generator.get_state()}
+    """Every RNG a resumed run needs. Under DDP (a collective: every rank calls it) the data
+    generator is the same on all ranks; each rank's dropout streams are saved as
+    torch/cuda (rank 0) and rank<r>.torch/rank<r>.cuda."""
+    own = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    states = {"data": batches.generator.get_state()}
+    for rank, theirs in enumerate(distributed.gather(own)):
+        states.update({(f"rank{rank}." if rank else "") + name: value for name, value in theirs.items()})
     return states
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], batches: Batches, device: torch.device) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
+    prefix = f"rng.rank{distributed.info().rank}." if distributed.info().rank else "rng."
+    torch.set_rng_state(tensors[prefix + "torch"])
     batches.generator.set_state(tensors["rng.data"])
-    if device.type == "cuda" and "rng.cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    if device.type == "cuda" and prefix + "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[prefix + "cuda"], device)
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +260,9 @@ class Trainer:
 def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
     """Data, model, optimizer, schedule and batches; raises UserError before anything is written."""
     torch.manual_seed(cfg.seed)
-    data = data_mod.prepare(cfg.data, log=log.info)
+    launch = distributed.info()
+    with distributed.main_first():  # rank 0 tokenizes into the cache, the others read it
+        data = data_mod.prepare(cfg.data, log=log.info)
     validate_with_data(cfg, {role: len(ids) for role, ids in data.splits.items()})
     dev = pick_device(device or cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, dev)
@@ -237,6 +270,9 @@ def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
     model_cfg = GPTConfig(vocab_size=data.vocab_size, block_size=cfg.model.block_size, n_layer=cfg.model.n_layer,
                           n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, dropout=base_rates)
     model = GPT(model_cfg).to(dev)
+    if launch.rank:
+        # same initial weights on every rank (same seed), then rank r's own dropout masks
+        torch.manual_seed(distributed.rank_seed(cfg.seed, launch.rank))
     tokens = {r: torch.from_numpy(data.splits[r].astype(np.int64)) for r in ("train", "val")}
     return Trainer(
         cfg=cfg, run=RunFolder(run_dir), data=data, tokens=tokens, device=dev, dtype=dtype, model=model,
@@ -245,8 +281,9 @@ def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
         scaler=torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and dev.type == "cuda"),
         schedule=DropoutSchedule(cfg.dropout.schedule, cfg.train.max_iters),
         base_rates=base_rates,
-        batches=Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed),
-        state=TrainState(config_hash=config_hash(cfg)),
+        batches=Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed,
+                        launch.rank, launch.world_size),
+        state=TrainState(config_hash=config_hash(cfg), world_size=launch.world_size),
         byte_lengths=toks.token_byte_lengths(data.tokenizer),
     )
 
@@ -256,7 +293,15 @@ def restore(tr: Trainer) -> None:
     fix = (f"it cannot resume from there: delete {tr.run.path} and train again, "
            "or sample and evaluate from checkpoints/best")
     last = tr.run.load_checkpoint("last", fix=fix)
-    ckpt.clean_stale(tr.run.checkpoints_dir)
+    world = distributed.info().world_size
+    trained_on = last.state.get("world_size", 1)
+    if trained_on != world:
+        how = (f"torchrun --nproc_per_node={trained_on} -m dropsample train --resume {tr.run.path}" if trained_on > 1
+               else f"dropsample train --resume {tr.run.path} (one process)")
+        raise UserError(f"{tr.run.path} was trained on {trained_on} process(es), this launch has {world}; each "
+                        f"rank's data slice and dropout stream depend on it, so resume with: {how}")
+    if distributed.is_main():
+        ckpt.clean_stale(tr.run.checkpoints_dir)
     try:
         tr.model.load_state_dict(last.load_model(tr.device).state_dict())
         tensors = last.tensors()
@@ -268,7 +313,8 @@ def restore(tr: Trainer) -> None:
         raise DamagedFile(exc.path, exc.problem, fix) from None
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise DamagedFile(last.folder, f"state does not fit this run ({type(exc).__name__}: {exc})", fix) from None
-    tr.run.truncate_metrics(tr.state.step)
+    if distributed.is_main():
+        tr.run.truncate_metrics(tr.state.step)
     log.info("resuming %s from step %d", tr.run.path, tr.state.step)
 
 
@@ -281,6 +327,8 @@ def _start_summary(tr: Trainer) -> None:
         dropout=tr.base_rates.to_dict(), dropout_schedule=cfg.dropout.schedule.kind,
         params=tr.model.num_params(), device=str(tr.device), dtype=str(tr.dtype).replace("torch.", ""),
         torch_version=torch.__version__, cpu_threads=torch.get_num_threads(),
+        world_size=tr.state.world_size,
+        global_batch=cfg.train.batch_size * cfg.train.grad_accum * tr.state.world_size,
     )
 
 
@@ -292,7 +340,7 @@ def evaluate(tr: Trainer, step: int) -> None:
     if not all(math.isfinite(v) for v in losses.values()):
         raise Diverged(f"non-finite eval loss at step {step}: {losses}")
     s.step, s.last_eval = step, losses
-    tr.schedule.observe_val(losses["val"])
+    tr.schedule.observe_val(losses["val"])  # reduced losses: every rank's schedule agrees
     # rates and factor of one moment: those in effect from this step on (after a plateau update)
     factor = tr.schedule.factor(step)
     s.schedule = tr.schedule.state_dict()
@@ -311,13 +359,16 @@ def evaluate(tr: Trainer, step: int) -> None:
     }
     if tr.char_level:
         row["train_bpc"], row["val_bpc"] = losses["train"] / math.log(2), losses["val"] / math.log(2)
-    tr.run.append_metrics(row)
-    tr.loggers.evaluation(row)
     improved = losses["val"] < s.best_val
     if improved:
         s.best_val, s.best_step = losses["val"], step
+    rng = rng_states(tr.batches, tr.device)  # a collective under DDP: every rank takes part
+    if not distributed.is_main():
+        return
+    tr.run.append_metrics(row)
+    tr.loggers.evaluation(row)
     ckpt.save(tr.run.checkpoint("last"), tr.model, tr.run.tokenizer_path, state=s.state_dict(),
-              optimizer=tr.optimizer, rng=rng_states(tr.batches, tr.device))
+              optimizer=tr.optimizer, rng=rng)
     if improved:
         ckpt.copy(tr.run.checkpoint("last"), tr.run.checkpoint("best"))
     log.info("eval step %d: train %.4f val %.4f gap %.4f", step, losses["train"], losses["val"], row["gap"])
@@ -327,7 +378,10 @@ def loop(tr: Trainer, fresh: bool) -> None:
     """Optimizer steps from tr.state.step to max_iters, evaluating on the way. Raises Diverged."""
     t, s, model = tr.cfg.train, tr.state, tr.model
     train_model = torch.compile(model) if t.compile else model
-    tokens_per_step = t.batch_size * t.grad_accum * tr.cfg.model.block_size
+    # DDP: gradients averaged over ranks in backward (the last micro-batch's); tr.model stays the plain GPT
+    train_model = distributed.wrap(train_model, tr.device)
+    ddp = train_model is not model and distributed.active()
+    tokens_per_step = t.batch_size * t.grad_accum * tr.cfg.model.block_size * s.world_size
     progress = Progress(t.max_iters, s.step, t.log_interval)
     try:
         model.set_dropout(tr.base_rates.scaled(tr.schedule.factor(s.step)))
@@ -340,7 +394,9 @@ def loop(tr: Trainer, fresh: bool) -> None:
             for group in tr.optimizer.param_groups:
                 group["lr"] = lr
             tic = time.perf_counter()
-            for _ in range(t.grad_accum):
+            for micro in range(t.grad_accum):
+                if ddp:  # all-reduce once per optimizer step, not once per micro-batch
+                    train_model.require_backward_grad_sync = micro == t.grad_accum - 1
                 x, y = tr.batches.next()
                 with tr.amp():
                     _, loss = train_model(x, y)
@@ -351,7 +407,9 @@ def loop(tr: Trainer, fresh: bool) -> None:
             tr.scaler.step(tr.optimizer)
             tr.scaler.update()
             tr.optimizer.zero_grad(set_to_none=True)
-            loss_value = loss.item()  # also syncs the device so the timing is honest
+            # also syncs the device so the timing is honest; under DDP the mean over ranks, so
+            # every rank sees the same number and agrees on divergence
+            loss_value = distributed.mean_(loss.detach()).item()
             s.train_seconds += time.perf_counter() - tic
             s.tokens_seen += tokens_per_step
             if not math.isfinite(loss_value):
@@ -372,6 +430,8 @@ def loop(tr: Trainer, fresh: bool) -> None:
 def finish(tr: Trainer, status: str, error: str | None) -> Summary:
     """The summary's end-of-training fields, from the TrainState (and the metrics rows)."""
     s = tr.state
+    if not distributed.is_main():  # rank 0 writes the summary; the others report the same status
+        return Summary(status=status, error=error, steps=s.step, tokens_seen=s.tokens_seen)
     rows = tr.run.metrics()
     fields = {
         "status": status, "error": error,
@@ -396,13 +456,17 @@ def finish(tr: Trainer, status: str, error: str | None) -> Summary:
 
 def final_evaluation(tr: Trainer) -> None:
     """The best checkpoint on whole splits (capped at train.final_eval_tokens), with standard
-    errors: the figures a comparison of runs stands on (see evaluation.py)."""
+    errors: the figures a comparison of runs stands on (see evaluation.py). Under DDP each
+    rank scores its share of the windows and the sums are reduced."""
+    distributed.barrier()  # rank 0 has finished writing checkpoints/best
     best = tr.run.load_checkpoint("best")
     model = best.load_model(tr.device)
     splits = {role: tr.data.splits[role] for role in ("train", "val", "test") if role in tr.data.splits}
     cap = tr.cfg.train.final_eval_tokens
     losses = evaluate_splits(model, splits, tr.data.tokenizer, max_tokens=cap, batch_size=tr.cfg.train.batch_size,
                              amp=tr.amp())
+    if not distributed.is_main():
+        return
     g, g_se = gap(losses)
     v, t = losses["val"], losses["train"]
     log.info("best checkpoint (step %s) on %s val tokens: loss %.4f ± %.4f, %s bits/byte; gap %.4f ± %s",
@@ -432,22 +496,28 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, device: str | Non
     if resume:
         restore(tr)
     # experiment loggers: new logger runs, or the same ones continued from the checkpoint's step
-    tr.loggers = loggers.start(cfg, tr.run, resume_from=tr.state.step if resume else None)
-    tr.data.tokenizer.save(str(tr.run.tokenizer_path))
+    main = distributed.is_main()
+    tr.loggers = loggers.start(cfg, tr.run, resume_from=tr.state.step if resume else None) if main else loggers.OFF
+    if main:
+        tr.data.tokenizer.save(str(tr.run.tokenizer_path))
     tr.wall_start = time.time() - tr.state.wall_seconds
-    _start_summary(tr)
+    if main:
+        _start_summary(tr)
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt) if on_main else None
     status, error = "running", None
     try:
         loop(tr, fresh=not resume)
         final_evaluation(tr)
+        distributed.barrier()  # every rank got here: only then may rank 0 say completed
         status = "completed"
     except Diverged as exc:
         status, error = "diverged", str(exc)
         log.error("diverged: %s (checkpoints/last holds the last good state)", exc)
     except (KeyboardInterrupt, Interrupted) as exc:
         status, error = "interrupted", str(exc) or "interrupted"
+        if distributed.active():
+            error += " (with several processes: the launcher stops all when one fails; see its output)"
         log.error("interrupted at step %d; resume with: dropsample train --resume %s", tr.state.step, run_dir)
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
