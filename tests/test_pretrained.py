@@ -12,22 +12,47 @@ import shutil
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from conftest import DATA_DIR, TINY, cli, compose, make_run_dir, run_cli
+from conftest import DATA_DIR, TINY, compose, make_run_dir, run_cli
 from dropsample import pretrained, task
+from dropsample.config import validate
 from dropsample.dropout import DropoutRates
 from dropsample.errors import ConfigError
 from dropsample.model import GPT, GPTConfig
 from dropsample.runs import RunFolder
-from dropsample.schema import SITES, Config, ModelConfig
+from dropsample.schema import SITES, Config, ModelConfig, to_dict
 
 transformers = pytest.importorskip("transformers")
 
 N_POSITIONS = 64
 RUN = [o for o in TINY if not o.startswith(("model=", "train.max_iters", "train.eval_interval"))] + [
     "model=pretrained", "model.block_size=32", "+data.max_chars=60000", "train.eval_interval=2",
-    "train.eval_iters=1", "train.final_eval_tokens=2000", "train.lr=1e-3",
+    "train.eval_iters=1", "train.final_eval_tokens=512", "train.lr=1e-3",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models this small run fastest on one thread (two spin-wait on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The tiny run's config, composed once (Hydra composition costs most of a refusal test)."""
+    return compose(RUN)
+
+
+def _with(cfg, **model):
+    """`cfg` with model keys changed, re-validated as a run folder's saved config would be."""
+    raw = to_dict(cfg)
+    raw["model"].update(model)
+    raw["data"]["tokenizer"], raw["data"]["tokenizer_path"] = "char", None  # as composed: derive() sets them
+    return validate(OmegaConf.create(raw))
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +110,19 @@ def test_imported_model_gives_transformers_logits(source):
     assert src.revision == "sha256:" + hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("site", SITES)
-def test_dropout_at_each_site_acts_in_training_only(source, site):
+def test_dropout_at_each_site_acts_in_training_only(source):
     folder, peer = source
     ids = torch.randint(0, peer.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
-    model, _ = _imported(folder, rates=DropoutRates(**{site: 0.5}))
     with torch.no_grad():
         want = peer(ids).logits
-        assert (model(ids)[0] - want).abs().max().item() < 1e-4  # eval: no dropout
-        model.train()
-        torch.manual_seed(0)
-        first = model(ids)[0]
-        assert (first - want).abs().max().item() > 1e-2  # the site drops something
-        assert not torch.equal(first, model(ids)[0])  # with fresh masks each pass
+        for site in SITES:
+            model, _ = _imported(folder, rates=DropoutRates(**{site: 0.5}))
+            assert (model(ids)[0] - want).abs().max().item() < 1e-4, site  # eval: no dropout
+            model.train()
+            torch.manual_seed(0)
+            first = model(ids)[0]
+            assert (first - want).abs().max().item() > 1e-2, site  # the site drops something
+            assert not torch.equal(first, model(ids)[0]), site  # with fresh masks each pass
 
 
 def _hf_logits(folder, ids):
@@ -153,61 +178,68 @@ def test_finetuning_with_dropout_everywhere_then_eval_sample_export(source, tmp_
         assert (_hf_logits(out, ids) - tuned(ids)[0]).abs().max().item() < 1e-4
 
 
-def _refusal(overrides):
+def _refusal(cfg):
     from dropsample import training
 
     with pytest.raises(ConfigError) as err:
-        training.build(compose(overrides), "unused")
+        training.build(cfg, "unused")
     assert "\n" not in str(err.value)
     return str(err.value)
 
 
-def test_pickle_only_folder_is_refused(source, tmp_path):
+def test_pickle_only_folder_is_refused(source, base, tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()
     shutil.copy(source[0] / "config.json", folder)
     shutil.copy(source[0] / "tokenizer.json", folder)
     (folder / "pytorch_model.bin").write_bytes(b"never unpickled")
-    message = _refusal(RUN + [f"model.init_from={folder}"])
+    message = _refusal(_with(base, init_from=str(folder)))
     assert message.startswith("model.init_from:") and "pytorch_model.bin" in message and "never loads" in message
 
 
-def test_other_model_types_are_refused(source, tmp_path):
+def test_other_model_types_are_refused(source, base, tmp_path):
     folder = tmp_path / "llama"
     shutil.copytree(source[0], folder)
     hf = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**hf, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    message = _refusal(RUN + [f"model.init_from={folder}"])
+    message = _refusal(_with(base, init_from=str(folder)))
     assert "is a llama model (LlamaForCausalLM)" in message and "GPT-2-style" in message
     (folder / "config.json").write_text(json.dumps({**hf, "architectures": ["GPT2ForSequenceClassification"]}))
-    assert "GPT2ForSequenceClassification" in _refusal(RUN + [f"model.init_from={folder}"])
+    assert "GPT2ForSequenceClassification" in _refusal(_with(base, init_from=str(folder)))
+    (folder / "config.json").write_text(json.dumps({**hf, "activation_function": "relu"}))
+    assert "activation_function=relu" in _refusal(_with(base, init_from=str(folder)))
 
 
-def test_shape_overrides_that_contradict_the_source_are_refused(source, tmp_path):
-    folder = source[0]
-    message = _refusal(RUN + [f"model.init_from={folder}", "model.n_layer=3"])
+def test_shape_overrides_that_contradict_the_source_are_refused(source, base):
+    folder = str(source[0])
+    message = _refusal(_with(base, init_from=folder, n_layer=3))
     assert message.startswith("model.n_layer: 3 contradicts model.init_from") and "n_layer=2" in message
-    assert _refusal(RUN + [f"model.init_from={folder}", "model.block_size=128"]).startswith(
+    assert _refusal(_with(base, init_from=folder, block_size=128)).startswith(
         "model.block_size: 128 contradicts model.init_from")
     # the default preset's shape (baby: 4 layers) is an override too: model=pretrained takes the source's
-    assert "model=pretrained" in _refusal([f"model.init_from={folder}"])
+    baby = _with(base, init_from=folder, n_layer=4, n_head=4, n_embd=128, block_size=64)
+    assert "model=pretrained" in _refusal(baby)
+    raw = to_dict(base)
+    raw["data"]["tokenizer"] = "bpe"
     with pytest.raises(ConfigError, match="data.tokenizer: bpe trains a new tokenizer"):
-        compose(RUN + [f"model.init_from={folder}", "data.tokenizer=bpe"])
+        validate(OmegaConf.create(raw))
     with pytest.raises(ConfigError, match="model.n_layer: is null"):
-        compose(["model=pretrained", "model.init_from=null"])
+        _with(base, init_from=None)
 
 
-def test_offline_hub_id_is_one_line_naming_a_local_folder(tmp_path):
-    message = _refusal(RUN + ["model.init_from=dropsample-test/no-such-gpt2"])
+def test_offline_hub_id_is_one_line_naming_a_local_folder(base):
+    message = _refusal(_with(base, init_from="dropsample-test/no-such-gpt2"))
     assert message.startswith("model.init_from: 'dropsample-test/no-such-gpt2' is not in the local hub cache")
     assert "save_pretrained(DIR)" in message and "model.init_from=DIR" in message
 
 
-def test_cli_refuses_before_training_and_leaves_no_run(source, tmp_path):
-    result = cli("train", *RUN, f"model.init_from={source[0]}", "model.n_head=4", "runs_root=runs", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: model.n_head: 4 contradicts model.init_from")
-    assert not list((tmp_path / "runs").rglob("summary.json"))
+def test_a_refused_source_exits_2_before_training_and_leaves_no_run(source, base, tmp_path, capsys):
+    cfg = _with(base, init_from=str(source[0]), n_head=4)
+    run_dir = make_run_dir(tmp_path, cfg)
+    with pytest.raises(SystemExit) as exit_:
+        task.run_task(to_dict(cfg), run_dir, sweep_job=False)
+    assert exit_.value.code == 2 and not run_dir.exists()
+    assert capsys.readouterr().err.strip().startswith("error: model.n_head: 4 contradicts model.init_from")
 
 
 def test_finetune_preset_composes():
