@@ -247,3 +247,11 @@ def test_finetune_preset_composes():
     assert cfg.model.init_from == "gpt2" and cfg.model.n_layer is None and cfg.model.block_size is None
     assert (cfg.data.tokenizer, cfg.data.tokenizer_path) == ("gpt2", "gpt2")
     assert cfg.train.max_iters == 300
+
+
+def test_a_sweep_with_a_contradicting_source_stops_in_preflight(source):
+    from dropsample.cli import preflight
+    from dropsample.errors import UserError
+
+    with pytest.raises(UserError, match=r"^model.n_layer: 3 contradicts model.init_from"):
+        preflight(RUN + [f"model.init_from={source[0]}", "model.n_layer=3", "dropout.rate=0,0.1"], multirun=True)

@@ -1,6 +1,7 @@
 """Start from a pretrained GPT-2 (`model.init_from`): a hub id or a local folder -> a dropsample
 GPT with the source's shape, weights and tokenizer, and the record of which weights they were.
 
+    check(cfgs)                 the CLI's preflight: every job's source and shape, before any job
     open_source(cfg.model)      where the files are (hub cache or folder), config.json checked,
                                 the revision: the hub commit, or sha256 of a folder's weights
     shaped(cfg, source)         the run's config with the source's shape: null keys filled,
@@ -104,6 +105,17 @@ def shaped(cfg: Config, source: Source | None) -> Config:
         raise ConfigError(f"model.{key}", f"{ours} contradicts model.init_from ({what}); set model.{key}=null "
                           "(model=pretrained does) to take the source's shape")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **values))
+
+
+def check(cfgs: list[Config]) -> None:
+    """Each config's source opened (downloaded once) and its shape checked, each source once:
+    the CLI's preflight, so a bad source stops a sweep before any job starts."""
+    opened: dict[str, Source | None] = {}
+    for cfg in cfgs:
+        name = cfg.model.init_from
+        if name not in opened:
+            opened[name] = open_source(cfg.model)
+        shaped(cfg, opened[name])
 
 
 def load_weights(model, source: Source | None) -> None:
