@@ -255,3 +255,19 @@ def test_a_sweep_with_a_contradicting_source_stops_in_preflight(source):
 
     with pytest.raises(UserError, match=r"^model.n_layer: 3 contradicts model.init_from"):
         preflight(RUN + [f"model.init_from={source[0]}", "model.n_layer=3", "dropout.rate=0,0.1"], multirun=True)
+
+
+def test_a_hub_id_reads_the_hub_cache_and_records_the_commit(source, monkeypatch, tmp_path):
+    """A hub snapshot as huggingface_hub caches one (refs/main -> snapshots/<commit>/), offline."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--dropsample-test--tiny-gpt2"
+    shutil.copytree(source[0], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    src = pretrained.open_source(ModelConfig(n_layer=None, n_head=None, n_embd=None, block_size=None,
+                                             init_from="dropsample-test/tiny-gpt2"))
+    assert (src.kind, src.revision, src.folder.name) == ("hub", commit, commit)
+    assert src.describe()["source"] == "dropsample-test/tiny-gpt2"
