@@ -271,3 +271,28 @@ def test_a_hub_id_reads_the_hub_cache_and_records_the_commit(source, monkeypatch
                                              init_from="dropsample-test/tiny-gpt2"))
     assert (src.kind, src.revision, src.folder.name) == ("hub", commit, commit)
     assert src.describe()["source"] == "dropsample-test/tiny-gpt2"
+
+
+def test_openai_layout_without_prefix_with_mask_buffers_and_stored_lm_head(source, tmp_path):
+    """OpenAI's hub files were saved from GPT2Model: no `transformer.` prefix, causal-mask buffers
+    (`h.N.attn.bias`), and some saves also store the tied lm_head."""
+    from safetensors.torch import load_file, save_file
+
+    folder, peer = source
+    old = tmp_path / "openai-layout"
+    old.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(folder / name, old)
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    for layer in range(2):
+        tensors[f"h.{layer}.attn.bias"] = torch.ones(1, 1, N_POSITIONS, N_POSITIONS).tril()
+    tensors["lm_head.weight"] = tensors["wte.weight"].clone()
+    save_file(tensors, str(old / "model.safetensors"))
+    ids = torch.randint(0, peer.config.vocab_size, (1, N_POSITIONS), generator=torch.Generator().manual_seed(5))
+    model, _ = _imported(old)
+    with torch.no_grad():
+        assert (model(ids)[0] - peer(ids).logits).abs().max().item() < 1e-4
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1.0  # untied: not GPT-2's architecture
+    save_file(tensors, str(old / "model.safetensors"))
+    with pytest.raises(ConfigError, match="lm_head that differs from its wte"):
+        _imported(old)
