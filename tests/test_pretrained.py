@@ -201,7 +201,8 @@ def test_other_model_types_are_refused(source, base, tmp_path):
     folder = tmp_path / "llama"
     shutil.copytree(source[0], folder)
     hf = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**hf, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    llama = {**hf, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (folder / "config.json").write_text(json.dumps(llama))
     message = _refusal(_with(base, init_from=str(folder)))
     assert "is a llama model (LlamaForCausalLM)" in message and "GPT-2-style" in message
     (folder / "config.json").write_text(json.dumps({**hf, "architectures": ["GPT2ForSequenceClassification"]}))

@@ -101,7 +101,8 @@ def shaped(cfg: Config, source: Source | None) -> Config:
         if ours is None or ours == theirs or (key == "block_size" and ours < theirs):
             values[key] = theirs if ours is None else ours
             continue
-        what = f"{source.name}'s context is {theirs} tokens" if key == "block_size" else f"{source.name} has {key}={theirs}"
+        what = (f"{source.name}'s context is {theirs} tokens" if key == "block_size"
+                else f"{source.name} has {key}={theirs}")
         raise ConfigError(f"model.{key}", f"{ours} contradicts model.init_from ({what}); set model.{key}=null "
                           "(model=pretrained does) to take the source's shape")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **values))
