@@ -20,7 +20,7 @@ from dropsample.errors import UserError
         ("train.device=tpu", "train.device: got 'tpu'"),
         ("nonsense=1", "nonsense: unknown key"),
         ("+train.lr_warmup=3", "train.lr_warmup: unknown key"),
-        ("model=huge", "model=huge: no such option; choose one of baby, gpt2, shakespeare, tiny"),
+        ("model=huge", "model=huge: no such option; choose one of baby, gpt2, pretrained, shakespeare, tiny"),
         ("samplers=[{top_p:1.5}]", "samplers[0].top_p: got 1.5; must be in (0, 1]"),
         ("samplers=[greedy,{base:beam_4,num_beams:0}]", "samplers[1].num_beams"),
         ("gen.checkpoint=first", "gen.checkpoint: got 'first'"),

@@ -64,7 +64,8 @@ class Preflight(NamedTuple):
 def preflight(overrides: list[str], multirun: bool) -> Preflight:
     """Compose and validate every job's config before Hydra creates any folder.
 
-    Also checks each job's loggers are installed and its objective exists. Returns the
+    Also checks each job's loggers are installed, its objective exists and its pretrained
+    source (model.init_from) can be read and fits. Returns the
     output folder Hydra will use, resolved now so the CLI can pin it and read the sweep's
     outcome there. An Optuna study's trials are not known in advance: its base config and
     each declared choice and range end point are checked instead.
@@ -94,11 +95,17 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
                     raise UserError(f"{sweeps[0]} is a sweep; add -m to run one job per value")
                 jobs = [overrides]
             planned = _launcher_processes(hydra_cfg) if multirun else None
+            checked = []
             for job in jobs:
                 cfg = validate(compose("config", overrides=job))
                 check_installed(cfg.logger)
                 tune.check(cfg)
                 distributed.check(cfg.train.ddp, cfg.train.device, sweep=multirun, planned=planned)
+                checked.append(cfg)
+            if any(c.model.init_from for c in checked):  # torch only when a pretrained source is read
+                from dropsample import pretrained
+
+                pretrained.check(checked)
             folder = str(hydra_cfg.sweep.dir if multirun else hydra_cfg.run.dir)
             pins = tune.study_overrides(hydra_cfg, folder, cfg.experiment_name, overrides) if study else []
     except UserError:

@@ -121,6 +121,7 @@ def validate(cfg) -> Config:
     """A composed config -> a checked, typed Config (or ConfigError naming key and fix)."""
     obj = typed(cfg)
     schema.check(obj)
+    schema.derive(obj)
     resolve_samplers(obj.samplers)
     return obj
 

@@ -1,4 +1,5 @@
-"""Export a checkpoint as a folder transformers loads as GPT2LMHeadModel.
+"""Export a checkpoint as a folder transformers loads as GPT2LMHeadModel; the one mapping
+between dropsample's weights and GPT-2's, both ways (pretrained.py imports with `from_hf`).
 
 GPT-2 stores its projections as Conv1D (in, out) where dropsample uses nn.Linear
 (out, in): those four weights per block are transposed; every name is unchanged.
@@ -18,6 +19,27 @@ from dropsample.errors import UserError
 from dropsample.runs import RunFolder
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_PREFIX = "transformer."  # GPT2LMHeadModel's names; OpenAI's hub files (saved from GPT2Model) lack it
+HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older transformers saved, not weights
+
+
+def to_hf(state: dict) -> dict:
+    """dropsample state_dict -> GPT-2 tensors (Conv1D layout, the tied lm_head left out)."""
+    return {key: (value.t() if key.endswith(CONV1D_SUFFIXES) else value).detach().cpu().contiguous()
+            for key, value in state.items() if key != checkpoint.TIED}
+
+
+def from_hf(tensors: dict) -> dict:
+    """GPT-2 tensors (GPT2LMHeadModel's or GPT2Model's names) -> dropsample state_dict names and
+    layout; `lm_head.weight`, when stored, is kept for the caller to compare with the tied wte."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(HF_BUFFERS):
+            continue
+        if not key.startswith(HF_PREFIX) and key != checkpoint.TIED:
+            key = HF_PREFIX + key
+        out[key] = value.t().contiguous() if key.endswith(CONV1D_SUFFIXES) else value
+    return out
 
 
 def hf_config(cfg, eos_id: int | None) -> dict:
@@ -46,11 +68,7 @@ def hf_config(cfg, eos_id: int | None) -> dict:
 
 def write_hf_model(model, out_dir: Path, eos_id: int | None = None) -> None:
     """config.json + model.safetensors in transformers' GPT-2 layout."""
-    weights = {}
-    for key, value in model.state_dict().items():
-        if key == checkpoint.TIED:
-            continue
-        weights[key] = (value.t() if key.endswith(CONV1D_SUFFIXES) else value).detach().cpu().contiguous()
+    weights = to_hf(model.state_dict())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})

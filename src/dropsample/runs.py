@@ -98,6 +98,7 @@ class Summary:
     dropout: Optional[dict] = None  # resolved base rate per site and variant
     dropout_schedule: Optional[str] = None
     params: Optional[int] = None
+    init_from: Optional[dict] = None  # pretrained source: source, kind, revision (hub commit or weights sha256), shape
     device: Optional[str] = None
     dtype: Optional[str] = None
     torch_version: Optional[str] = None

@@ -113,15 +113,34 @@ def spec(default=MISSING, help: str = "", *, check=None, result: bool = True, fa
 
 @dataclass
 class ModelConfig:
-    n_layer: int = spec(4, "transformer blocks", check=POSITIVE)
-    n_head: int = spec(4, "attention heads per block", check=POSITIVE)
-    n_embd: int = spec(128, "width of the residual stream (a multiple of n_head)", check=POSITIVE)
-    block_size: int = spec(64, "context length in tokens", check=POSITIVE)
+    """The model's shape, or the pretrained GPT-2 it starts from (`init_from`). With `init_from`
+    the shape comes from the source: null keys take its values, numbers must agree with it
+    (block_size may be shorter than its context: the position table is cut)."""
+
+    n_layer: Optional[int] = spec(4, "transformer blocks (null: the init_from source's)", check=POSITIVE)
+    n_head: Optional[int] = spec(4, "attention heads per block (null: the init_from source's)", check=POSITIVE)
+    n_embd: Optional[int] = spec(128, "width of the residual stream, a multiple of n_head (null: the init_from "
+                                 "source's)", check=POSITIVE)
+    block_size: Optional[int] = spec(64, "context length in tokens (null: the init_from source's context)",
+                                     check=POSITIVE)
+    init_from: Optional[str] = spec(None, "start from a pretrained GPT-2: a hub id (gpt2, gpt2-medium, distilgpt2) "
+                                    "or a local folder of save_pretrained output (model.safetensors, config.json, "
+                                    "tokenizer.json); null: random init")
 
     def check(self, prefix: str) -> None:
-        if self.n_embd % self.n_head:
+        if self.init_from is None:
+            for name in SHAPE:
+                if getattr(self, name) is None:
+                    raise ConfigError(f"{prefix}{name}", "is null, which means the shape of model.init_from, but "
+                                      "model.init_from is not set; give a number or a source")
+        elif not str(self.init_from).strip():
+            raise ConfigError(f"{prefix}init_from", "is empty; give a hub id (gpt2) or a local folder, or null")
+        if self.n_embd is not None and self.n_head is not None and self.n_embd % self.n_head:
             raise ConfigError(f"{prefix}n_embd", f"{self.n_embd} is not divisible by {prefix}n_head={self.n_head}; "
                               "pick a multiple")
+
+
+SHAPE = ("n_layer", "n_head", "n_embd", "block_size")  # the ModelConfig keys a pretrained source fixes
 
 
 @dataclass
@@ -222,7 +241,8 @@ class DropoutConfig:
 
 @dataclass
 class TrainConfig:
-    max_iters: int = spec(2000, "optimizer steps", check=POSITIVE)
+    max_iters: int = spec(2000, "optimizer steps (0: evaluate and sample the initial model, e.g. a pretrained one)",
+                          check=COUNT)
     batch_size: int = spec(32, "sequences per micro-batch", check=POSITIVE)
     grad_accum: int = spec(1, "micro-batches per optimizer step", check=POSITIVE)
     lr: float = spec(1e-3, "peak learning rate", check=Range(0.0, low_open=True, allowed="must be > 0"))
@@ -441,6 +461,23 @@ def check(obj, prefix: str = "") -> None:
     own = getattr(obj, "check", None)
     if callable(own):
         own(prefix)
+
+
+def derive(cfg: Config) -> Config:
+    """Values one key implies for others, set after the checks (config.validate runs this, so
+    training, `sample` and `eval` all see them): a pretrained source brings its tokenizer, so
+    the data is tokenized with it (data.tokenizer=gpt2, data.tokenizer_path=the source)."""
+    source, data = cfg.model.init_from, cfg.data
+    if source is None:
+        return cfg
+    if data.tokenizer == "bpe":
+        raise ConfigError("data.tokenizer", f"bpe trains a new tokenizer, but model.init_from={source} brings its own; "
+                          "drop data.tokenizer (it becomes gpt2)")
+    if data.tokenizer_path not in (None, source):
+        raise ConfigError("data.tokenizer_path", f"{data.tokenizer_path} differs from model.init_from={source}, whose "
+                          "tokenizer the model was trained with; drop data.tokenizer_path")
+    data.tokenizer, data.tokenizer_path = "gpt2", source
+    return cfg
 
 
 def field_class(cls, name: str):

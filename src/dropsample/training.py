@@ -32,7 +32,7 @@ import torch
 from dropsample import checkpoint as ckpt
 from dropsample import data as data_mod
 from dropsample import distributed
-from dropsample import loggers
+from dropsample import loggers, pretrained
 from dropsample.config import validate_with_data
 from dropsample import tokenizer as toks
 from dropsample.device import autocast, pick_device, pick_dtype
@@ -246,6 +246,7 @@ class Trainer:
     batches: Batches
     state: TrainState
     byte_lengths: np.ndarray  # (V,) UTF-8 bytes per token id, for bits per byte
+    init_from: dict | None = None  # the pretrained source and its revision (pretrained.py), or None
     wall_start: float = 0.0
     loggers: loggers.Loggers = loggers.OFF  # experiment loggers (loggers.py), opened by train()
 
@@ -261,7 +262,10 @@ def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
     """Data, model, optimizer, schedule and batches; raises UserError before anything is written."""
     torch.manual_seed(cfg.seed)
     launch = distributed.info()
-    with distributed.main_first():  # rank 0 tokenizes into the cache, the others read it
+    digest = config_hash(cfg)  # the config as written: a pretrained source's shape is filled in below
+    with distributed.main_first():  # rank 0 fetches and tokenizes into the caches, the others read them
+        source = pretrained.open_source(cfg.model)  # None without model.init_from
+        cfg = pretrained.shaped(cfg, source)
         data = data_mod.prepare(cfg.data, log=log.info)
     validate_with_data(cfg, {role: len(ids) for role, ids in data.splits.items()})
     dev = pick_device(device or cfg.train.device)
@@ -269,7 +273,9 @@ def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
     base_rates = resolve_rates(cfg.dropout)
     model_cfg = GPTConfig(vocab_size=data.vocab_size, block_size=cfg.model.block_size, n_layer=cfg.model.n_layer,
                           n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, dropout=base_rates)
-    model = GPT(model_cfg).to(dev)
+    model = GPT(model_cfg)
+    pretrained.load_weights(model, source)
+    model = model.to(dev)
     if launch.rank:
         # same initial weights on every rank (same seed), then rank r's own dropout masks
         torch.manual_seed(distributed.rank_seed(cfg.seed, launch.rank))
@@ -283,8 +289,9 @@ def build(cfg: Config, run_dir: Path, device: str | None = None) -> Trainer:
         base_rates=base_rates,
         batches=Batches(tokens["train"], cfg.model.block_size, cfg.train.batch_size, dev, cfg.seed,
                         launch.rank, launch.world_size),
-        state=TrainState(config_hash=config_hash(cfg), world_size=launch.world_size),
+        state=TrainState(config_hash=digest, world_size=launch.world_size),
         byte_lengths=toks.token_byte_lengths(data.tokenizer),
+        init_from=source.describe() if source else None,
     )
 
 
@@ -326,7 +333,7 @@ def _start_summary(tr: Trainer) -> None:
         data=tr.data.describe(),
         dropout=tr.base_rates.to_dict(), dropout_schedule=cfg.dropout.schedule.kind,
         params=tr.model.num_params(), device=str(tr.device), dtype=str(tr.dtype).replace("torch.", ""),
-        torch_version=torch.__version__, cpu_threads=torch.get_num_threads(),
+        torch_version=torch.__version__, cpu_threads=torch.get_num_threads(), init_from=tr.init_from,
         world_size=tr.state.world_size,
         global_batch=cfg.train.batch_size * cfg.train.grad_accum * tr.state.world_size,
     )
