@@ -89,7 +89,7 @@ def pack_key(cfg: Config) -> str | None:
 # Per-run log files: each configuration's lines go to its own train.log
 
 
-_current: Path | None = None  # the run whose lines are being logged (speaking_for)
+_current: frozenset[Path] | None = None  # runs whose train.log takes the lines now (speaking_for)
 
 
 class _RunFilter(logging.Filter):
@@ -98,14 +98,14 @@ class _RunFilter(logging.Filter):
         self.path = path
 
     def filter(self, record) -> bool:
-        return _current is None or _current == self.path
+        return _current is None or self.path in _current
 
 
 @contextmanager
-def speaking_for(run: RunFolder | None):
-    """Log lines inside this block go to `run`'s train.log only (None: to every run's)."""
+def speaking_for(*runs: RunFolder):
+    """Log lines inside this block go to these runs' train.log files only."""
     global _current
-    previous, _current = _current, (run.path if run is not None else None)
+    previous, _current = _current, frozenset(run.path for run in runs)
     try:
         yield
     finally:
@@ -474,8 +474,11 @@ def train_packed(members: list[Member]) -> None:
                 factor = m.tr.schedule.factor(step)
                 m.tr.loggers.train_step(done, value, lr, s.tokens_seen / s.train_seconds, factor,
                                         m.tr.base_rates.scaled(factor).rates())
-        if done % t.log_interval == 0 or done == t.max_iters:
-            log.info("step %d/%d  losses %s", done, t.max_iters, " ".join(f"{v:.4f}" for v in values))
+        if done % t.log_interval == 0 or done == t.max_iters:  # training.Progress's plain lines
+            for m, value, lr in zip(pack.members, values, step_lrs):
+                with speaking_for(m.run):
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s  (%s)", done, t.max_iters, value, lr,
+                             f"{m.tr.state.tokens_seen / m.tr.state.train_seconds:,.0f}", m.run.path.name)
         _fail_members(pack, {k: ("diverged", f"loss became {v} at step {step}")
                              for k, v in enumerate(values) if not math.isfinite(v)})
         if pack.members and (done % t.eval_interval == 0 or done == t.max_iters):
@@ -549,10 +552,10 @@ def run_pack(members: list[Member]) -> None:
                 m.summary = task.sweep_failure(m.run, exc)
 
 
-def run_jobs(jobs: list[tuple[object, Path]], device: str | None = None) -> list[Summary]:
+def run_jobs(jobs: list[tuple[object, Path]], device: str | None = None, max_pack: int | None = None) -> list[Summary]:
     """Sweep jobs (a config, composed or typed, and its run folder) under task.py's sweep policy:
     configurations that pack (equal pack_key and start step) train together, any other job
-    alone, through task.run_task. Returns each job's summary, in order; one job's failure
+    alone, through task.run_task; `max_pack` caps a pack's size. Returns each job's summary, in order; one job's failure
     never stops the others."""
     runs = [RunFolder(run_dir) for _, run_dir in jobs]
     raws = [to_dict(raw) if isinstance(raw, Config) else raw for raw, _ in jobs]
@@ -563,13 +566,20 @@ def run_jobs(jobs: list[tuple[object, Path]], device: str | None = None) -> list
             with speaking_for(run):
                 try:
                     cfg = validate(raw)
+                    if not run.is_run():  # outside Hydra: the saved config sample, eval and report read
+                        from omegaconf import OmegaConf
+
+                        run.config_path.parent.mkdir(parents=True, exist_ok=True)
+                        OmegaConf.save(OmegaConf.create(to_dict(cfg)), run.config_path)
                     done, resume = task.plan_sweep_job(cfg, run)
                     if done is not None:
                         results[i] = done
                         continue
                     step = run.load_checkpoint("last").state["step"] if resume else 0
-                    groups.setdefault((pack_key(cfg) or f"alone {i}", step), []).append(
-                        (i, Member(cfg=cfg, run=run, resume=resume)))
+                    key = (pack_key(cfg) or f"alone {i}", step)
+                    while max_pack and len(groups.get(key, ())) >= max_pack:
+                        key += ("more",)  # a full pack: the next one of this kind
+                    groups.setdefault(key, []).append((i, Member(cfg=cfg, run=run, resume=resume)))
                 except Exception as exc:
                     results[i] = task.sweep_failure(run, exc)
         for group in groups.values():
@@ -588,9 +598,10 @@ def run_jobs(jobs: list[tuple[object, Path]], device: str | None = None) -> list
                         m.stack.close()
                         results[i] = task.sweep_failure(m.run, exc)
             if started:
-                log.info("training %d configurations packed: %s", len(started),
-                         ", ".join(m.run.path.name for m in started))
-                run_pack(started)
+                with speaking_for(*(m.run for m in started)):
+                    log.info("training %d configurations packed: %s", len(started),
+                             ", ".join(m.run.path.name for m in started))
+                    run_pack(started)
             for i, m in group:
                 if m.summary is not None:
                     results[i] = m.summary
