@@ -220,21 +220,23 @@ def _site_rate(rates: DropoutRates, site: str, layer: int, n_layer: int) -> floa
     return getattr(rates, site)
 
 
-def _draw(site: str, shape: tuple, p: float, locked: bool, device, generator) -> torch.Tensor:
-    """One configuration's multiplier for one dropout call: the draw its lone run makes there."""
-    if p == 0.0:
-        return torch.ones(shape, device=device)
-    if site == "word" or site in ("drop_head", "drop_path"):
+def _draw_into(out: torch.Tensor, site: str, p: float, locked: bool, generator) -> None:
+    """One configuration's multiplier for one dropout call, written into `out` (its slice of the
+    stacked multiplier): the draw its lone run makes there, scaled as that run scales it."""
+    shape, device = tuple(out.shape), out.device
+    if p == 0.0:  # a lone run with this site off draws nothing here
+        out.fill_(1.0)
+    elif site in ("word", "drop_head", "drop_path"):
         dtype = None if site == "word" else torch.float32
-        return coins(shape, p, device=device, dtype=dtype, generator=generator) / (1.0 - p)
-    if locked:  # SiteDropout's variational mask: one (B, 1, C) draw, shared over positions
+        torch.div(coins(shape, p, device=device, dtype=dtype, generator=generator), 1.0 - p, out=out)
+    elif locked:  # SiteDropout's variational mask: one (B, 1, C) draw, shared over positions
         B, _, C = shape
-        return (coins((B, 1, C), p, device=device, dtype=torch.float32, generator=generator) / (1.0 - p)).expand(shape)
-    if device.type == "cpu":  # inverted_dropout's CPU kernel
-        keep = _cpu_keep_mask(torch.Size(shape), p, generator)
-    else:
-        keep = coins(shape, p, device=device, dtype=torch.float32, generator=generator).bool()
-    return torch.zeros(shape, device=device).masked_fill_(keep, 1.0 / (1.0 - p))
+        out.copy_(coins((B, 1, C), p, device=device, dtype=torch.float32, generator=generator) / (1.0 - p))
+    elif device.type == "cpu":  # inverted_dropout's CPU kernel: keep * 1/(1-p), as its two multiplies give
+        torch.mul(_cpu_keep_mask(torch.Size(shape), p, generator), 1.0 / (1.0 - p), out=out)
+    else:  # F.dropout's CUDA kernel takes no generator: the same law, from this configuration's own
+        torch.mul(coins(shape, p, device=device, dtype=torch.float32, generator=generator).bool(),
+                  1.0 / (1.0 - p), out=out)
 
 
 # ---------------------------------------------------------------------------
@@ -336,12 +338,12 @@ class Pack:
         # the template's own rates: positive wherever any member drops, so model.py reaches
         # the dropout call (its value is never used: the multipliers carry each member's)
         self.template.set_dropout(DropoutRates(**{s: (0.5 if s in active else 0.0) for s in names}))
-        per_member = []
-        for m, r in zip(self.members, rates):
-            per_member.append([_draw(site, shape, _site_rate(r, site, layer, self.n_layer),
-                                     site in r.locked, self.device, m.generator)
-                               for site, layer, shape in calls])
-        return tuple(torch.stack([pm[i] for pm in per_member]) for i in range(len(calls)))
+        K = len(self.members)
+        out = tuple(torch.empty((K,) + shape, device=self.device) for _, _, shape in calls)  # (K, *shape) each
+        for k, (m, r) in enumerate(zip(self.members, rates)):  # each generator in its lone run's order
+            for (site, layer, _), stacked in zip(calls, out):
+                _draw_into(stacked[k], site, _site_rate(r, site, layer, self.n_layer), site in r.locked, m.generator)
+        return out
 
     # -- one training step ---------------------------------------------------------
     def forward_backward(self, x, y, rates, amp, grad_accum: int) -> torch.Tensor:
