@@ -179,7 +179,6 @@ def _start(m: Member, device: str | None) -> None:
 
 # Tags: distinct rates that make each dropout call of one recording forward say its site
 _TAGS = {site: 0.11 + 0.01 * i for i, site in enumerate(SITES + ("word", "drop_head", "drop_path"))}
-_ELEMENTWISE = ("attn",)  # + unlocked SiteDropout sites
 
 
 class _Recorder:
@@ -253,9 +252,11 @@ class Pack:
         first = members[0].tr
         self.device, self.cfg = first.device, first.cfg
         self.n_layer = self.cfg.model.n_layer
-        shape = {k: getattr(first.model.config, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
-        with torch.device("meta"):  # no weights of its own: functional_call supplies the stacked ones
-            self.template = GPT(GPTConfig(**shape))
+        # the shape without any dropout (masks come from the members); no weights of its own on
+        # the meta device: functional_call supplies the stacked ones
+        shape = GPTConfig.from_dict({**first.model.config.to_dict(), "dropout": {}})
+        with torch.device("meta"):
+            self.template = GPT(shape)
         self.names = [name for name, _ in first.model.named_parameters()]
         self.params = {n: torch.stack([dict(m.tr.model.named_parameters())[n].detach() for m in members])
                        .requires_grad_(True) for n in self.names}
@@ -524,7 +525,9 @@ def run_pack(members: list[Member]) -> None:
             for m in members:
                 if m.status in ("running", "trained"):
                     m.status, m.error = "interrupted", str(exc) or "interrupted"
-            log.error("interrupted; rerun the sweep, or resume a run: dropsample train --resume RUN_DIR")
+                    with speaking_for(m.run):
+                        log.error("interrupted at step %d; rerun the sweep into its folder, or resume this run "
+                                  "alone: dropsample train --resume %s", m.tr.state.step, m.run.path)
         except Exception:  # a bug in the shared computation: every member still in it failed
             for m in members:
                 if m.status == "running":
@@ -557,8 +560,8 @@ def run_pack(members: list[Member]) -> None:
 def run_jobs(jobs: list[tuple[object, Path]], device: str | None = None, max_pack: int | None = None) -> list[Summary]:
     """Sweep jobs (a config, composed or typed, and its run folder) under task.py's sweep policy:
     configurations that pack (equal pack_key and start step) train together, any other job
-    alone, through task.run_task; `max_pack` caps a pack's size. Returns each job's summary, in order; one job's failure
-    never stops the others."""
+    alone, through task.run_task; `max_pack` caps a pack's size. Returns each job's summary,
+    in order; one job's failure never stops the others. (bench/ calls this directly.)"""
     runs = [RunFolder(run_dir) for _, run_dir in jobs]
     raws = [to_dict(raw) if isinstance(raw, Config) else raw for raw, _ in jobs]
     results: list[Summary | None] = [None] * len(jobs)
