@@ -1,6 +1,7 @@
 """Packed sweeps (packed.py, hydra/launcher=packed): K configurations trained as one batched
 computation give each configuration what it would have got alone."""
 
+import csv
 import json
 import math
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, cli, compose
+from conftest import TINY, cli, compose, run_cli
 
 BASE = [o for o in TINY if not o.startswith(("train.max_iters", "train.eval_interval", "train.eval_iters",
                                              "train.batch_size"))] + [
@@ -157,5 +158,10 @@ def test_launcher_packs_same_shapes_and_runs_other_shapes_alone(tmp_path):
         summary = json.loads((job / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["latest_samples"]
     assert json.loads((sweep / "sweep_summary.json").read_text())["failed"] == 0
-    status = cli("status", str(sweep), cwd=tmp_path)
+    status = run_cli("status", str(sweep), cwd=tmp_path)
     assert status.returncode == 0 and "4 completed (of 4 jobs)" in status.stdout
+    report = run_cli("report", str(sweep), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    with open(sweep / "results.csv") as f:  # a row per configuration, its two seeds aggregated
+        rows = list(csv.DictReader(f))
+    assert [(r["model.n_layer"], r["seeds"]) for r in rows] == [("1", "2"), ("2", "2")]
