@@ -5,11 +5,16 @@ the same K trained one after another (the ordinary job path), in this process.
     python bench/packed_sweep.py --presets baby --k 16 --iters 200 --device cuda
 
 The K configurations differ in seed and dropout rate (0 to 0.35 at the standard sites), so
-half the pack's members drop and half do not. Each round times the packed sweep and the
-sequential sweep back to back (interleaved, so a noisy machine slows both); the best round
-of each is reported. `wall` is the whole sweep (building, evaluations, checkpoints, the
-final evaluation of each run); `train` is time inside optimizer steps (the summaries'
-tokens_seen / tokens_per_sec: once per pack, summed over the sequential runs).
+most of the pack's members drop. Two measurements:
+
+  step   one optimizer step of the pack (packed.Pack: masks, vmapped forward and backward,
+         AdamW) against one step of each of the K configurations alone (training.py's loop
+         body on each configuration's own model and AdamW), alternated `--steps` times; the
+         fastest of each is kept, so a shared, noisy machine (load that comes and goes within
+         seconds) spoils as little as possible
+  sweep  (--sweep) the whole sweep, packed.run_jobs against the K jobs one after another
+         (building, evaluations, checkpoints, final evaluations), interleaved rounds, best
+         round of each: honest on a quiet machine only
 
 bench/gpu.py imports `measure` for its sweep comparison.
 """
@@ -80,6 +85,64 @@ def measure(preset: str = "tiny", k: int = 8, iters: int = 100, device: str = "c
     return best
 
 
+def measure_step(preset: str = "tiny", k: int = 8, device: str = "cpu", steps: int = 20) -> dict:
+    """Fastest packed step (K configurations) and fastest K lone steps, alternated `steps` times."""
+    import torch
+
+    from dropsample import training
+    from dropsample.packed import Member, Pack, _start
+    from dropsample.runs import RunFolder
+
+    root = Path(tempfile.mkdtemp(prefix="packed-bench-"))
+    try:
+        members = []
+        for i, cfg in enumerate(sweep_configs(preset, k, 10_000, device, root)):
+            m = Member(cfg=cfg, run=RunFolder(root / f"m{i}"))
+            m.run.path.mkdir()
+            _start(m, device)
+            members.append(m)
+        pack = Pack(members)
+        t = members[0].cfg.train
+        rates = [m.tr.base_rates for m in members]
+        lrs = [t.lr] * k
+
+        def packed_step():
+            xs, ys = zip(*(m.tr.batches.next() for m in members))
+            losses = pack.forward_backward(torch.stack(xs), torch.stack(ys), rates, members[0].tr.amp(), 1)
+            pack.optimizer_step(lrs)
+            losses.cpu()
+
+        def lone_steps():  # training.loop's body, once per configuration
+            for m in members:
+                tr = m.tr
+                tr.model.train()
+                x, y = tr.batches.next()
+                with tr.amp():
+                    _, loss = tr.model(x, y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(tr.model.parameters(), t.grad_clip)
+                tr.optimizer.step()
+                tr.optimizer.zero_grad(set_to_none=True)
+                loss.item()
+
+        best = {"packed": float("inf"), "lone": float("inf")}
+        for name, fn in (("packed", packed_step), ("lone", lone_steps)):
+            fn()  # warm-up
+        for _ in range(steps):
+            for name, fn in (("packed", packed_step), ("lone", lone_steps)):
+                tic = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - tic)
+        for m in members:
+            m.tr.loggers.close()
+            m.stack.close()
+        tokens = k * t.batch_size * members[0].cfg.model.block_size
+        return {**best, "ratio": best["lone"] / best["packed"], "packed_tok_s": tokens / best["packed"],
+                "lone_tok_s": tokens / best["lone"]}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "baby"])
@@ -87,13 +150,19 @@ def main():
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=20, help="alternations of the step measurement")
+    ap.add_argument("--sweep", action="store_true", help="also time whole sweeps (quiet machines)")
     args = ap.parse_args()
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     print(environment())
-    print(f"{args.k} configurations (seed 0..{args.k - 1}, dropout 0..0.35), {args.iters} iterations each, "
-          f"best of {args.rounds} interleaved rounds")
+    print(f"{args.k} configurations (seed 0..{args.k - 1}, dropout 0..0.35), batch 32")
     for preset in args.presets:
-        print(f"{preset}:", flush=True)
+        m = measure_step(preset, args.k, args.device, args.steps)
+        print(f"{preset:>6}  step: {args.k} lone steps {m['lone'] * 1000:.0f} ms ({m['lone_tok_s']:,.0f} tok/s), "
+              f"packed step {m['packed'] * 1000:.0f} ms ({m['packed_tok_s']:,.0f} tok/s) -> {m['ratio']:.2f}x "
+              f"(fastest of {args.steps} alternations)", flush=True)
+    for preset in args.presets if args.sweep else ():
+        print(f"{preset} sweep, {args.iters} iterations per configuration, best of {args.rounds} rounds:", flush=True)
         m = measure(preset, args.k, args.iters, args.device, args.rounds)
         print(f"{preset:>6}  wall: sequential {m['seq_wall']:.1f} s, packed {m['packed_wall']:.1f} s "
               f"-> {m['wall_ratio']:.2f}x   training: sequential {m['seq_train']:.1f} s, packed "
