@@ -178,7 +178,7 @@ def train(
 
     Config groups (conf/): model=tiny|baby|shakespeare|gpt2, data=tiny_shakespeare|wikitext2|text,
     dropout=standard|none|everywhere, experiment=rate_sweep|site_sweep|decoding_sweep|early_dropout,
-    hydra/launcher=basic|parallel|slurm|joblib|submitit_local|submitit_slurm.
+    hydra/launcher=basic|parallel|packed|slurm|joblib|submitit_local|submitit_slurm.
 
     Examples:
       dropsample train model=shakespeare dropout.rate=0.2 train.max_iters=3000

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -98,9 +99,9 @@ def resolve_rates(cfg: DropoutConfig) -> DropoutRates:
 # 1/32768 (the top slice has 15 random bits: torch's int64 random_() is 63-bit).
 
 
-def _cpu_keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+def _cpu_keep_mask(shape: torch.Size, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     n = math.prod(shape)
-    words = torch.empty(-(-n // 4), dtype=torch.int64).random_()  # uniform in [0, 2^63)
+    words = torch.empty(-(-n // 4), dtype=torch.int64).random_(generator=generator)  # uniform in [0, 2^63)
     slices = words.view(torch.int16).view(-1, 4)  # little-endian: slice 3 holds the top bits
     low = round(p * 65536) - 32768  # slices 0-2: uniform in [-32768, 32767]
     top = round(p * 32768)  # slice 3: uniform in [0, 32767]
@@ -124,10 +125,43 @@ class _CpuDropout(torch.autograd.Function):
         return grad.mul(keep).mul_(ctx.scale), None
 
 
+# ---------------------------------------------------------------------------
+# Packed training (packed.py) runs K configurations as one vmapped forward. It draws each
+# configuration's masks itself, from that configuration's own generator with the functions
+# below, and installs a source here for the forward: every dropout call then multiplies by
+# the source's next multiplier (0 or 1/(1-p) per unit, batched over configurations) instead
+# of drawing. Without a source each call pays one global lookup.
+
+_mask_source = None
+
+
+@contextmanager
+def mask_source(source):
+    """Install `source` (an object with take(p, shape) -> multiplier) for one forward pass."""
+    global _mask_source
+    previous, _mask_source = _mask_source, source
+    try:
+        yield source
+    finally:
+        _mask_source = previous
+
+
+def injecting() -> bool:
+    """A packed forward is running: dropout must go through this module (no fused SDPA dropout)."""
+    return _mask_source is not None
+
+
+def coins(shape, p: float, *, device=None, dtype=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Keep coins (1 with probability 1 - p, else 0) of `shape`, as float: locked, word, head and path dropout."""
+    return torch.empty(shape, device=device, dtype=dtype).bernoulli_(1.0 - p, generator=generator)
+
+
 def inverted_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Training-mode dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
     if p == 0.0:
         return x
+    if _mask_source is not None:
+        return x * _mask_source.take(p, x.shape)
     if x.device.type == "cpu" and sys.byteorder == "little" and x.is_contiguous():
         return _CpuDropout.apply(x, p)
     return F.dropout(x, p, training=True)
@@ -152,9 +186,11 @@ class SiteDropout(nn.Module):
         if not self.locked:
             return inverted_dropout(x, self.p)
         B, _, C = x.shape
+        if _mask_source is not None:
+            return x * _mask_source.take(self.p, (B, 1, C))
         # one (B, 1, C) mask broadcast over positions: the same units are off for
         # the whole sequence, as in Gal & Ghahramani's variational dropout
-        mask = x.new_empty(B, 1, C).bernoulli_(1.0 - self.p)
+        mask = coins((B, 1, C), self.p, device=x.device, dtype=x.dtype)
         return x * mask / (1.0 - self.p)
 
     def extra_repr(self) -> str:
@@ -167,14 +203,26 @@ def word_dropout_mask(idx: torch.Tensor, vocab_size: int, p: float) -> torch.Ten
     Every occurrence of a dropped token id is zeroed together (AWD-LSTM's embedding
     dropout), which is what distinguishes it from dropping embedding positions.
     """
-    keep_type = torch.empty(vocab_size, device=idx.device).bernoulli_(1.0 - p) / (1.0 - p)
+    if _mask_source is not None:
+        return _mask_source.take(p, (vocab_size,))[idx].unsqueeze(-1)
+    keep_type = coins(vocab_size, p, device=idx.device) / (1.0 - p)
     return keep_type[idx].unsqueeze(-1)
 
 
 def per_sample_keep(batch: int, p: float, like: torch.Tensor, extra_dims: int) -> torch.Tensor:
     """(B, 1, ..., 1) multiplier of 0 or 1/(1-p): one coin per sample (DropPath)."""
     shape = (batch,) + (1,) * extra_dims
-    return like.new_empty(shape).bernoulli_(1.0 - p) / (1.0 - p)
+    if _mask_source is not None:
+        return _mask_source.take(p, shape)
+    return coins(shape, p, device=like.device, dtype=like.dtype) / (1.0 - p)
+
+
+def head_keep(batch: int, heads: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """(B, H, 1, 1) multiplier of 0 or 1/(1-p): one coin per (sample, head) (DropHead)."""
+    shape = (batch, heads, 1, 1)
+    if _mask_source is not None:
+        return _mask_source.take(p, shape)
+    return coins(shape, p, device=like.device, dtype=like.dtype) / (1.0 - p)
 
 
 def drop_path_rates(p: float, n_layer: int, by_depth: bool) -> list[float]:

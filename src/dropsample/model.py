@@ -20,6 +20,8 @@ from dropsample.dropout import (
     DropoutRates,
     SiteDropout,
     drop_path_rates,
+    head_keep,
+    injecting,
     inverted_dropout,
     per_sample_keep,
     word_dropout_mask,
@@ -133,8 +135,10 @@ class CausalSelfAttention(nn.Module):
             prefix = cache.length
             k, v = cache.append(layer, k, v)  # (B, H, prefix + T, D)
         p = self.attn_p if self.training else 0.0  # SDPA drops whenever dropout_p > 0, even in eval
-        if prefix == 0 and p > 0 and x.device.type == "cpu":
-            y = math_attention(q, k, v, p, causal=True)  # CPU: our dropout kernel beats SDPA's RNG
+        if prefix == 0 and ((p > 0 and x.device.type == "cpu") or injecting()):
+            # CPU: our dropout kernel beats SDPA's RNG; packed (vmapped) training: SDPA has no
+            # batching rule on CPU and its dropout cannot take the packed masks
+            y = math_attention(q, k, v, p, causal=True)
         elif prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         elif T == 1 and p == 0:
@@ -147,8 +151,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         if self.training and self.drop_head > 0:
             # DropHead: one coin per (sample, head); kept heads scaled by 1/(1-p)
-            keep = y.new_empty(B, self.n_head, 1, 1).bernoulli_(1.0 - self.drop_head)
-            y = y * keep / (1.0 - self.drop_head)
+            y = y * head_keep(B, self.n_head, self.drop_head, y)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.c_proj(y))
 

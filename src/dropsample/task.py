@@ -45,7 +45,6 @@ log = logging.getLogger("dropsample")
 
 def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
     """Train `cfg` into run_dir, then sample from it. Raises on bad input and bugs."""
-    run = RunFolder(run_dir)
     # DDP: each process trains on its own GPU (cuda:LOCAL_RANK), not on a sweep's GPU slot
     slot = (nullcontext(distributed.local_device(cfg.train.device, distributed.info())) if distributed.active()
             else sweep.device_slot(cfg))
@@ -54,16 +53,21 @@ def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
         summary = training.train(cfg, run_dir, resume=resume, device=device)
         if not distributed.is_main():  # rank 0 samples and reports
             return summary
-        if summary.status == "completed" and cfg.sample_after_train:
-            # the experiment is not complete until its samples are written
-            run.update_summary(status="running", stage="sampling")
-            try:
-                sample_run(run_dir, samplers=cfg.samplers, gen=cfg.gen, device=device)
-            except UserError as err:
-                raise RuntimeError(f"sampling after training: {err}") from None
-            summary = run.update_summary(status="completed", stage=None)
-        elif summary.status == "completed":
-            headline.print_run(run, summary)
+        return after_training(cfg, RunFolder(run_dir), summary, device)
+
+
+def after_training(cfg: Config, run: RunFolder, summary: Summary, device: str | None = None) -> Summary:
+    """A trained job's last stage: sample from the best checkpoint (or print the headline)."""
+    if summary.status == "completed" and cfg.sample_after_train:
+        # the experiment is not complete until its samples are written
+        run.update_summary(status="running", stage="sampling")
+        try:
+            sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, device=device)
+        except UserError as err:
+            raise RuntimeError(f"sampling after training: {err}") from None
+        summary = run.update_summary(status="completed", stage=None)
+    elif summary.status == "completed":
+        headline.print_run(run, summary)
     return summary
 
 
@@ -95,35 +99,22 @@ def run_task(raw_cfg, run_dir: Path, *, sweep_job: bool, resume: bool = False) -
         cfg = validate(raw_cfg)
         distributed.check(cfg.train.ddp, cfg.train.device, sweep=sweep_job)
         if sweep_job and not resume:
-            action = distributed.broadcast(plan_rerun(cfg, run))  # rank 0 decides; DDP ranks follow
-            if action == "skip":
-                log.info("skipping: this job already completed in %s", run.path)
-                return run.summary()
-            resume = action == "resume"
-            done = None if resume else sweep.find_completed(cfg, config_hash(cfg), exclude=run.path)
-            if done is not None and (RunFolder(done).summary().world_size or 1) != distributed.info().world_size:
-                done = None  # trained on another number of processes: another global batch, another result
-            if not resume:
-                distributed.broadcast(done is not None)  # the DDP ranks skip with rank 0
+            done, resume = plan_sweep_job(cfg, run)
             if done is not None:
-                log.info("skipping: the same configuration already completed in %s", done)
-                return run.update_summary(status="skipped", same_as=str(done), config_hash=config_hash(cfg))
+                return done
         summary = job(cfg, run.path, resume=resume)
     except UserError as err:
         if sweep_job:
-            log.error("bad input: %s", err)
-            return run.update_summary(status="failed", error=f"bad input: {err}")
+            return sweep_failure(run, err)
         if not run.has_started():
             discard(run.path)
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except Exception as exc:  # bugs, out of memory, ...: recorded, never silent
-        reason = f"{type(exc).__name__}: {exc}"
-        append_traceback(run, traceback.format_exc())
-        log.error("job failed: %s (traceback in %s)", reason, run.log_path)
-        summary = run.update_summary(status="failed", error=reason)
+        summary = sweep_failure(run, exc)
         if sweep_job:
             return summary
+        reason = summary.error
         print(f"error: {reason} (details in {run.log_path})", file=sys.stderr)
         raise SystemExit(1) from None
     if not sweep_job and summary.status != "completed":
@@ -156,6 +147,38 @@ def _run_other_rank(raw_cfg, run: RunFolder, *, sweep_job: bool, resume: bool) -
         if sweep_job:
             return Summary(status="failed", error=reason)
         raise SystemExit(1) from None
+
+
+def plan_sweep_job(cfg: Config, run: RunFolder) -> tuple[Summary | None, bool]:
+    """A sweep job's rerun decision: (its final summary, False) when it is skipped, else
+    (None, whether it resumes from its own checkpoint)."""
+    action = distributed.broadcast(plan_rerun(cfg, run))  # rank 0 decides; DDP ranks follow
+    if action == "skip":
+        log.info("skipping: this job already completed in %s", run.path)
+        return run.summary(), False
+    resume = action == "resume"
+    done = None if resume else sweep.find_completed(cfg, config_hash(cfg), exclude=run.path)
+    if done is not None and (RunFolder(done).summary().world_size or 1) != distributed.info().world_size:
+        done = None  # trained on another number of processes: another global batch, another result
+    if not resume:
+        distributed.broadcast(done is not None)  # the DDP ranks skip with rank 0
+    if done is not None:
+        log.info("skipping: the same configuration already completed in %s", done)
+        return run.update_summary(status="skipped", same_as=str(done), config_hash=config_hash(cfg)), False
+    return None, resume
+
+
+def sweep_failure(run: RunFolder, exc: Exception) -> Summary:
+    """What an exception means for a sweep job: its folder says failed and why, and the sweep
+    goes on (bad input: one line; anything else: the traceback goes to train.log).
+    Call it from the `except` block that caught `exc`."""
+    if isinstance(exc, UserError):
+        log.error("bad input: %s", exc)
+        return run.update_summary(status="failed", error=f"bad input: {exc}")
+    reason = f"{type(exc).__name__}: {exc}"
+    append_traceback(run, traceback.format_exc())
+    log.error("job failed: %s (traceback in %s)", reason, run.log_path)
+    return run.update_summary(status="failed", error=reason)
 
 
 def append_traceback(run: RunFolder, text: str) -> None:

@@ -339,10 +339,12 @@ def _start_summary(tr: Trainer) -> None:
     )
 
 
-def evaluate(tr: Trainer, step: int) -> None:
-    """Losses on both splits, a metrics row, checkpoints/last (and best when val improved)."""
+def evaluate(tr: Trainer, step: int, estimates: dict[str, dict] | None = None) -> None:
+    """Losses on both splits, a metrics row, checkpoints/last (and best when val improved).
+    Packed training (packed.py) passes the `estimates` it computed for this run."""
     s, t = tr.state, tr.cfg.train
-    estimates = estimate_loss(tr.model, tr.tokens, tr.cfg, tr.device, tr.amp(), tr.byte_lengths)
+    if estimates is None:
+        estimates = estimate_loss(tr.model, tr.tokens, tr.cfg, tr.device, tr.amp(), tr.byte_lengths)
     losses = {role: e["loss"] for role, e in estimates.items()}
     if not all(math.isfinite(v) for v in losses.values()):
         raise Diverged(f"non-finite eval loss at step {step}: {losses}")

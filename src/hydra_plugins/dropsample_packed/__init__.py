@@ -1,0 +1,1 @@
+"""hydra/launcher=packed: a sweep's configurations of one model shape train as one batched computation."""
