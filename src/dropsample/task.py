@@ -47,7 +47,7 @@ def job(cfg: Config, run_dir: Path, *, resume: bool = False) -> Summary:
             # the experiment is not complete until its samples are written
             run.update_summary(status="running", stage="sampling")
             try:
-                sample_run(run_dir, samplers=cfg.samplers, gen=cfg.gen, device=device)
+                sample_run(run_dir, samplers=cfg.samplers, gen=cfg.gen, device=device, judge=cfg.judge)
             except UserError as err:
                 raise RuntimeError(f"sampling after training: {err}") from None
             summary = run.update_summary(status="completed", stage=None)
