@@ -47,7 +47,7 @@ class _Row:
     sample: int
     tokens: list[int]  # one context window
     first: int  # row position whose logits predict the first scored target
-    count: int  # targets scored in this window (0: a features-only row)
+    targets: list[int]  # the tokens scored in this window (none: a features-only row)
     features: bool = False  # take the hidden state at the window's last position
 
 
@@ -65,14 +65,14 @@ def _rows(k: int, prompt: list[int], completion: list[int], max_len: int, featur
         start, last = starts[i - P], i
         while last + 1 < L and starts[last + 1 - P] == start:
             last += 1
-        rows.append(_Row(k, seq[start:last], i - start - 1, last - i + 1))
+        rows.append(_Row(k, seq[start:last], i - start - 1, seq[i : last + 1]))
         i = last + 1
     if features:
-        if rows and rows[-1].count and len(rows[-1].tokens) < max_len:
+        if rows and len(rows[-1].tokens) < max_len:
             rows[-1].tokens = rows[-1].tokens + [seq[-1]]  # the window plus the last token: one forward
             rows[-1].features = True
         else:
-            rows.append(_Row(k, seq[-max_len:], 0, 0, True))
+            rows.append(_Row(k, seq[-max_len:], 0, [], True))
     return rows
 
 
@@ -106,10 +106,9 @@ def score_ids(forward: Forward, prompts: Sequence[list[int]], completions: Seque
         logits, hidden = forward(ids.to(device), lengths.to(device))
         logp = F.log_softmax(logits.float(), dim=-1)  # (b, T, V)
         for j, r in enumerate(batch):
-            if r.count:
-                pos = torch.arange(r.first, r.first + r.count, device=logp.device)
-                target = ids[j, pos.cpu() + 1].to(logp.device)
-                lp = logp[j, pos]  # (count, V)
+            if r.targets:
+                lp = logp[j, r.first : r.first + len(r.targets)]  # (targets, V)
+                target = torch.tensor(r.targets, device=logp.device)
                 scores[r.sample, 0] -= lp.gather(1, target[:, None]).sum().item()
                 if entropy:
                     scores[r.sample, 1] -= (lp.exp() * lp).nan_to_num(0.0).sum().item()
