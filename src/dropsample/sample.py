@@ -45,7 +45,7 @@ WIDTH = 80
 UNITS = {
     "word": "whitespace-split words of the decoded text",
     "token": "the sampled model's tokens",
-    "judge": "scored by the judge, per judge token",
+    "judge": "scored by the judge, per judge token (self: by the sampled model)",
     "text": "the completions' joined text",
 }
 
@@ -187,8 +187,8 @@ def sample_run(
     reference = None
     if refs is not None:
         ref_set = scorer.text_set(refs)
+        reference = scorer.measure(ref_set)  # before it becomes MAUVE's P: no MAUVE of P against itself
         scorer.ref_features = ref_set.features
-        reference = scorer.measure(ref_set)
         with open(run.sample_file(name, "reference"), "w") as f:
             for i, (p, r) in enumerate(zip(prompts, refs)):
                 f.write(json.dumps({"index": i, "prompt": decode(p), "completion": decode(r), "completion_ids": r}) + "\n")
@@ -292,10 +292,11 @@ def table_lines(report: dict, title: str, width: int = WIDTH) -> list[str]:
     shown = [m for m in registry.METRICS if not m.name.endswith("_token")
              and any((v.get(m.name) or {}).get("value") is not None for _, v in rows)]
     first = max([len("sampler")] + [len(n) for n, _ in rows])
+    self_judged = (report.get("judge") or {}).get("kind") == "self"
     columns = []
     for m in shown:
         cells = [cell(v.get(m.name)) for _, v in rows]
-        unit = f"[{m.unit}]"
+        unit = "[self]" if m.unit == "judge" and self_judged else f"[{m.unit}]"
         columns.append((m.label, unit, cells, max(len(m.label), len(unit), *map(len, cells))))
     blocks, current, used = [], [], first
     for col in columns:
