@@ -241,6 +241,8 @@ def sample_run(
         "judge": identity,
         "headline": {k: suite.values(v) for k, v in results.items()},
         "reference": suite.values(reference) if reference else None,
+        # the 95% intervals of the same figures: {row: {metric: [low, high]}} (rows as in headline, + reference)
+        "intervals": {k: suite.intervals(v) for k, v in [*results.items(), ("reference", reference or {})]},
     }
     run.update_summary(samples=samples, latest_samples=name)
     headline.print_run(run)

@@ -111,3 +111,8 @@ def measure(s: TextSet, resampler: Resampler, *, ref_features: np.ndarray | None
 def values(entries: dict[str, dict]) -> dict[str, float | None]:
     """{name: value}: the flat form loggers, summaries and objectives take."""
     return {k: v["value"] for k, v in entries.items()}
+
+
+def intervals(entries: dict[str, dict]) -> dict[str, list]:
+    """{name: [low, high]} of the metrics that have an interval."""
+    return {k: [v["low"], v["high"]] for k, v in entries.items() if v["low"] is not None}
