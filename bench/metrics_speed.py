@@ -54,12 +54,14 @@ def main() -> None:
     Wp = np.vstack([lit.ones(args.samples), R.W])  # per-sample statistics: every replicate
     Wc = np.vstack([lit.ones(args.samples), R.W[: suite.CORPUS_REPLICATES]])  # corpus statistics
 
-    parts: dict[str, float] = {}
+    parts: dict[str, list[float]] = {}  # name -> [wall seconds, CPU seconds of this process]
 
     def timed(name, f):
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         out = f()
-        parts[name] = parts.get(name, 0.0) + time.perf_counter() - tic
+        acc = parts.setdefault(name, [0.0, 0.0])
+        acc[0] += time.perf_counter() - tic
+        acc[1] += time.process_time() - cpu
         return out
 
     words = timed("words: split and map to ids", lambda: word_ids(texts))
@@ -87,15 +89,19 @@ def main() -> None:
 
     width = max(map(len, parts))
     print(f"{args.samples:,} samples x {args.tokens} tokens ({args.chars} characters), "
-          f"{args.replicates} bootstrap replicates; MAUVE {m['mauve']:.3f} with {m['num_buckets']} buckets")
-    for name, t in parts.items():
-        print(f"  {name.ljust(width)}  {t:6.2f} s")
-    print(f"  {'sum of parts'.ljust(width)}  {sum(parts.values()):6.2f} s")
+          f"{args.replicates} bootstrap replicates; MAUVE {m['mauve']:.3f} with {m['num_buckets']} buckets; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"  {'part'.ljust(width)}  {'wall':>7}  {'CPU':>7}")
+    for name, (wall, cpu) in parts.items():
+        print(f"  {name.ljust(width)}  {wall:6.2f}s  {cpu:6.2f}s")
+    print(f"  {'sum of parts'.ljust(width)}  {sum(p[0] for p in parts.values()):6.2f}s  "
+          f"{sum(p[1] for p in parts.values()):6.2f}s")
 
     ts = suite.TextSet(texts, ids, own=own, judged=own[:, [0, 2]], features=feats_q)
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     suite.measure(ts, R, ref_features=feats_p)
-    print(f"  {'suite.measure, whole (judge scores given)'.ljust(width)}  {time.perf_counter() - tic:6.2f} s")
+    print(f"  {'suite.measure, whole (judge scores given)'.ljust(width)}  {time.perf_counter() - tic:6.2f}s  "
+          f"{time.process_time() - cpu:6.2f}s")
 
     # judge scoring: model time, reported apart
     import torch
@@ -104,22 +110,23 @@ def main() -> None:
     from dropsample.config import model_preset
     from dropsample.model import GPT, GPTConfig
 
-    torch.set_num_threads(os.cpu_count() or 1)
     if args.judge:
         j = judge_mod.load(args.judge)
         what = f"judge run {args.judge}"
     else:
+        # the baby preset's layers with a context that holds a whole text (prompt + 1,100 characters)
         shape = model_preset("baby")
-        model = GPT(GPTConfig(vocab_size=128, block_size=shape.block_size, n_layer=shape.n_layer,
+        block = 2048
+        model = GPT(GPTConfig(vocab_size=128, block_size=block, n_layer=shape.n_layer,
                               n_head=shape.n_head, n_embd=shape.n_embd)).eval()
         j = judge_mod.Judge("run", {}, lambda t: [min(ord(c), 127) for c in t], judge_mod.gpt_forward(model),
-                            shape.block_size, 128, shape.n_embd)
-        what = f"a baby-preset judge (block {shape.block_size}, characters)"
+                            block, 128, shape.n_embd)
+        what = f"a baby-shaped judge ({shape.n_layer} layers x {shape.n_embd}, context {block}, characters)"
     prompts = [r[:128] for r in refs]
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     j.score_texts(prompts, texts)
     print(f"judge scoring (gen-ppl and MAUVE features) of {args.samples:,} prompt + completion texts with {what}: "
-          f"{time.perf_counter() - tic:.1f} s")
+          f"{time.perf_counter() - tic:.1f} s wall, {time.process_time() - cpu:.1f} s CPU")
 
 
 if __name__ == "__main__":
