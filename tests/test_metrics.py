@@ -176,6 +176,10 @@ def test_word_level_metrics_by_hand():
     assert v["mean_length_token"] == pytest.approx(len(chars) / 2)
     assert v["gen_ppl"] == pytest.approx(math.exp(8 / 4)) and v["mean_entropy"] == pytest.approx(1.0)
     assert v["mauve"] is None and out["distinct_1"]["low"] is None  # no judge; no bootstrap asked
+    # Holtzman's repetition on words leaves out a last word the length limit may have cut
+    loops = ["so it goes on so it goes on so it go", "so it goes on so it goes on so it goes ", "a b c d e"]
+    out = suite.measure(suite.TextSet(loops, [[1]] * 3), Resampler(3, 0, 0))
+    assert out["repetition"]["value"] == pytest.approx(2 / 3)
 
 
 def _texts(n, seed):

@@ -71,9 +71,14 @@ def measure(s: TextSet, resampler: Resampler, *, ref_features: np.ndarray | None
     """{metric name: {"value", "low", "high"}} for every registered metric (None where not measured)."""
     N = len(s.texts)
     stats: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-    for suffix, seqs in (("", word_ids(s.texts)), ("_token", s.token_ids)):
+    words = word_ids(s.texts)
+    for suffix, seqs in (("", words), ("_token", s.token_ids)):
         c = Corpus(seqs)
-        flags = np.array([lit.ends_in_repetition(x) for x in seqs], dtype=bool)
+        ends = seqs
+        if not suffix:  # a completion cut at max_new_tokens ends mid-word ("and the king and the ki"): a
+            # last word not followed by whitespace may be partial and would hide a loop of whole words
+            ends = [x[:-1] if t and not t[-1].isspace() else x for x, t in zip(seqs, s.texts)]
+        flags = np.array([lit.ends_in_repetition(x) for x in ends], dtype=bool)
         stats.update(_unit_stats(c, flags, lit.self_bleu_per_sample(c, 4), c.lengths.astype(float), suffix))
     quality = s.judged if s.judged is not None else (s.own[:, [0, 2]] if s.own is not None else None)
     if quality is not None:
