@@ -347,7 +347,8 @@ def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, pro
     for o in parsed:
         key = o.key_or_group
         if not (key in ("samplers", "judge") or key.startswith("gen.")):
-            raise UserError(f"{key}: sample takes only gen.* and samplers overrides and judge=; retrain to change {key}")
+            raise UserError(f"{key}: sample takes only gen.* and samplers overrides and judge=; "
+                            f"retrain to change {key}")
         OmegaConf.update(raw, key, o.value(), merge=False, force_add=True)
     cfg = validate(raw)
     with run.logging_to_file():

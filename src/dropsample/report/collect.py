@@ -143,7 +143,8 @@ def summarize(c: Configuration) -> dict:
             samplers.setdefault("reference", []).append(reference)
     for name, values in samplers.items():
         for metric in SAMPLER_METRICS:
-            row[f"{name}.{metric}"] = mean_ci([v.get(metric) for v in values])[0]
+            # metrics.json entries are {"value", "low", "high"} (metrics/registry.py)
+            row[f"{name}.{metric}"] = mean_ci([(v.get(metric) or {}).get("value") for v in values])[0]
     row["errors"] = "; ".join(f"{r.path.name}: {r.status} ({r.summary.error})" for r in c.problems)
     return row
 
