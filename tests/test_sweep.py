@@ -60,7 +60,8 @@ def test_joblib_sweep_of_four_then_report(tmp_path):
     assert len(rows) == 4
     assert sorted(float(r["dropout.rate"]) for r in rows) == [0.0, 0.1, 0.2, 0.3]
     assert all(float(r["val_ppl"]) > 1 and r["seeds"] == "1" for r in rows)
-    assert all(r["top_p_0.9.distinct_4"] and r["reference.distinct_4"] for r in rows)
+    # word-level distinct-4 is undefined on these few-word completions; gen-ppl always exists
+    assert all(r["top_p_0.9.gen_ppl"] and r["reference.gen_ppl"] for r in rows)
     for name in ("val_ppl_vs_rate.png", "gap_vs_rate.png", "loss_curves.png", "diversity_vs_quality.png"):
         assert (sweep / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (sweep / "report.md").read_text()
