@@ -104,8 +104,6 @@ def main() -> None:
           f"{time.process_time() - cpu:6.2f}s")
 
     # judge scoring: model time, reported apart
-    import torch
-
     from dropsample import judge as judge_mod
     from dropsample.config import model_preset
     from dropsample.model import GPT, GPTConfig

@@ -14,7 +14,6 @@ from dropsample import tokenizer as toks
 from dropsample.decoding.search import score
 from dropsample.errors import UserError
 from dropsample.model import GPT, GPTConfig
-from dropsample.runs import RunFolder
 
 
 def fake_run(tmp_path, name="judge", *, seed=0, block_size=32, status="completed", overrides=()):
