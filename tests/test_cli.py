@@ -55,7 +55,7 @@ def test_run_folder_has_every_file(run_dir):
     lines = [json.loads(x) for x in (samples / "top_p_0.9.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and [x["seed"] for x in lines] == [0, 1, 2, 3]
     assert all(len(x["completion_ids"]) == 24 and tok.decode(x["completion_ids"]) == x["completion"] for x in lines)
-    assert summary["samples"][samples.name]["headline"]["greedy"]["distinct_4"] is not None
+    assert summary["samples"][samples.name]["headline"]["greedy"]["distinct_4_token"] is not None
 
 
 def test_sample_into_a_named_folder_without_overwriting(run_dir):

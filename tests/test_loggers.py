@@ -171,8 +171,8 @@ def test_tensorboard_events_hold_the_run(logged_run):
     assert json.loads(start.hparams["dropout.sites"].string_value) == cfg.dropout.sites
     # the sampler: its metrics at the sampled checkpoint's step, and its first completion as text
     step = summary.best_step
-    assert tb_series(acc, f"samples/{name}/greedy/distinct_4") == [
-        (step, pytest.approx(samples["samplers"]["greedy"]["distinct_4"], rel=1e-6))]
+    assert tb_series(acc, f"samples/{name}/greedy/distinct_4_token") == [
+        (step, pytest.approx(samples["samplers"]["greedy"]["distinct_4_token"]["value"], rel=1e-6))]
     first = json.loads((run_dir / "samples" / name / "greedy.jsonl").read_text().splitlines()[0])
     text = acc.Tensors(f"samples/{name}/greedy/text_summary")[0].tensor_proto.string_val[0].decode()
     assert repr(first["completion"]) in text
@@ -185,7 +185,7 @@ def test_csv_holds_the_run_exactly(logged_run):
     assert [s for s, _ in csv_series(table, "train/loss")] == list(LOGGED)
     assert csv_series(table, "final/gap") == [(20, summary.gap)]
     assert csv_series(table, f"samples/{name}/greedy/gen_ppl") == [
-        (summary.best_step, samples["samplers"]["greedy"]["gen_ppl"])]
+        (summary.best_step, samples["samplers"]["greedy"]["gen_ppl"]["value"])]
     hparams = yaml.safe_load((run_dir / "logs" / "csv" / "hparams.yaml").read_text())
     assert hparams["dropout"]["rate"] == 0.1 and hparams["model"]["n_layer"] == cfg.model.n_layer
 
@@ -211,8 +211,8 @@ def test_wandb_offline_run_folder_holds_the_history(logged_run):
     assert wandb_series(run_dir, "eval/val_loss") == [(r["step"], r["val_loss"]) for r in rows]
     assert [s for s, _ in wandb_series(run_dir, "train/loss")] == list(LOGGED)
     # a W&B history only moves forward: the sample metrics join the last step
-    assert wandb_series(run_dir, f"samples/{name}/greedy/distinct_4") == [
-        (20, samples["samplers"]["greedy"]["distinct_4"])]
+    assert wandb_series(run_dir, f"samples/{name}/greedy/distinct_4_token") == [
+        (20, samples["samplers"]["greedy"]["distinct_4_token"]["value"])]
 
 
 # -- resume ---------------------------------------------------------------------------
@@ -269,13 +269,13 @@ def test_resumed_run_continues_every_logger_without_repeating_a_step(env, monkey
 
     sample_run(cut_dir, samplers=["greedy"], gen=cfg.gen, name="later")
     step = RunFolder(cut_dir).summary().best_step
-    assert [s for s, _ in tb_series(tensorboard(cut_dir), "samples/later/greedy/distinct_4")] == [step]
-    assert [s for s, _ in csv_series(csv_rows(cut_dir), "samples/later/greedy/distinct_4")] == [step]
-    assert [s for s, _ in mlflow_series(cut_dir, "samples/later/greedy/distinct_4")] == [step]
+    assert [s for s, _ in tb_series(tensorboard(cut_dir), "samples/later/greedy/distinct_4_token")] == [step]
+    assert [s for s, _ in csv_series(csv_rows(cut_dir), "samples/later/greedy/distinct_4_token")] == [step]
+    assert [s for s, _ in mlflow_series(cut_dir, "samples/later/greedy/distinct_4_token")] == [step]
     assert [f.path for f in client.list_artifacts(run_id, "samples/later")] == ["samples/later/greedy.txt"]
     run_id, folders = wandb_runs(cut_dir)
     assert len(folders) == 3 and all(of_run(f, run_id) for f in folders)
-    assert [s for s, _ in wandb_series(cut_dir, "samples/later/greedy/distinct_4")] == [20]  # the last step
+    assert [s for s, _ in wandb_series(cut_dir, "samples/later/greedy/distinct_4_token")] == [20]  # the last step
 
 
 # -- failures and bad input -----------------------------------------------------------

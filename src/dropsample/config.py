@@ -142,13 +142,22 @@ def validate_with_data(cfg: Config, split_lengths: dict[str, int]) -> None:
 
 
 def check_prompt_span(gen, val_tokens: int) -> None:
-    """Validation-prefix prompts need prompt_tokens + max_new_tokens tokens of val text (and a choice of start)."""
+    """Validation-prefix prompts need num_samples disjoint windows of prompt_tokens + max_new_tokens
+    tokens of val text (the reference row is each window's true continuation: sample.build_prompts)."""
     span = gen.prompt_tokens + gen.max_new_tokens
     if span >= val_tokens:
         raise ConfigError(
             "gen.max_new_tokens",
             f"gen.prompt_tokens + gen.max_new_tokens = {span} does not fit the val split ({val_tokens} tokens); "
             "lower them",
+        )
+    most = val_tokens // span
+    if gen.num_samples > most:
+        raise ConfigError(
+            "gen.num_samples",
+            f"{gen.num_samples} prompts need as many disjoint val windows of {span} tokens (prompt + continuation); "
+            f"the val split ({val_tokens} tokens) holds at most {most}: use gen.num_samples<={most} or shorter "
+            "gen.prompt_tokens/max_new_tokens",
         )
 
 

@@ -3,13 +3,21 @@
     RUN_DIR/samples/<name>/
         <sampler>.jsonl     one line per sample: prompt, completion text and ids, seed, settings
         reference.jsonl     the true continuation of each prompt in the validation text
-        metrics.json        every metric per sampler and for the reference
+        metrics.json        per sampler and for the reference: every registered metric
+                            (metrics/registry.py) as {"value", "low", "high"}; the judge's
+                            identity, MAUVE's settings, the bootstrap's settings
+
+Prompts are the starts of disjoint windows of the validation split and the reference row is
+each window's true continuation, so the human row is measured like the samplers' (no shared
+text between references). Every metric gets a seeded bootstrap 95% interval over samples;
+gen-ppl and MAUVE come from the fixed judge (judge.py) when `judge=` names one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import textwrap
 import time
 from pathlib import Path
 
@@ -19,18 +27,37 @@ from omegaconf import OmegaConf
 
 from dropsample import data as data_mod
 from dropsample import headline, loggers
-from dropsample import metrics
+from dropsample import judge as judge_mod
 from dropsample import tokenizer as toks
 from dropsample.config import check_prompt_span, resolve_samplers, validate
-from dropsample.decoding.search import Request, generate, score
+from dropsample.decoding.search import Request, generate
 from dropsample.device import pick_device
 from dropsample.dropout import set_mc_dropout
 from dropsample.errors import UserError
+from dropsample.metrics import mauve as mauve_mod
+from dropsample.metrics import registry, suite
+from dropsample.metrics.bootstrap import LEVEL, Resampler
 from dropsample.runs import RunFolder, write_json_atomic
 from dropsample.schema import Config, GenConfig, Sampler, SamplerSettings, to_dict
 
 log = logging.getLogger("dropsample")
-HEADLINE = ("distinct_4", "self_bleu_4", "seq_rep_4", "repetition", "gen_ppl", "mean_entropy", "mean_length")
+WIDTH = 80
+UNITS = {
+    "word": "whitespace-split words of the decoded text",
+    "token": "the sampled model's tokens",
+    "judge": "scored by the judge, per judge token (self: by the sampled model)",
+    "text": "the completions' joined text",
+}
+
+
+def reference_windows(n_tokens: int, gen: GenConfig) -> np.ndarray:
+    """(num_samples,) starts of disjoint windows of prompt_tokens + max_new_tokens tokens,
+    drawn with gen.seed (check_prompt_span has refused an N the split cannot hold)."""
+    span = gen.prompt_tokens + gen.max_new_tokens
+    slots = n_tokens // span
+    rng = np.random.default_rng(gen.seed)
+    offset = int(rng.integers(0, n_tokens - slots * span + 1))  # the grid need not start at token 0
+    return offset + rng.choice(slots, size=gen.num_samples, replace=False) * span
 
 
 def build_prompts(cfg: Config, gen: GenConfig, tok, prompt: str | None) -> tuple[list[list[int]], list[list[int]] | None, str]:
@@ -51,12 +78,16 @@ def build_prompts(cfg: Config, gen: GenConfig, tok, prompt: str | None) -> tuple
         return prompts, None, f"prompts from {path.name}, cycled"
     val = data_mod.prepare(cfg.data, log=log.debug).splits["val"]
     check_prompt_span(gen, len(val))
-    span = gen.prompt_tokens + gen.max_new_tokens
-    rng = np.random.default_rng(gen.seed)
-    starts = rng.choice(len(val) - span, size=gen.num_samples, replace=gen.num_samples > len(val) - span)
-    prompts = [val[s : s + gen.prompt_tokens].tolist() for s in starts]
-    refs = [val[s + gen.prompt_tokens : s + span].tolist() for s in starts]
-    return prompts, refs, f"{gen.num_samples} prefixes of {gen.prompt_tokens} tokens at seeded val positions"
+    eos = toks.end_of_text_id(tok)
+    prompts, refs = [], []
+    for s in reference_windows(len(val), gen):
+        prompts.append(val[s : s + gen.prompt_tokens].tolist())
+        ref = val[s + gen.prompt_tokens : s + gen.prompt_tokens + gen.max_new_tokens].tolist()
+        if eos is not None and eos in ref:  # a document ends: the reference stops there, as generation does
+            ref = ref[: ref.index(eos)]
+        refs.append(ref)
+    return prompts, refs, (f"{gen.num_samples} disjoint val windows: {gen.prompt_tokens}-token prompts, "
+                           f"reference = the next {gen.max_new_tokens} tokens")
 
 
 def _generate_all(model, sampler: Sampler, prompts, gen, eos_id, decode) -> list[list[int]]:
@@ -90,9 +121,28 @@ def _generate_all(model, sampler: Sampler, prompts, gen, eos_id, decode) -> list
     return out
 
 
-def _evaluate(model, prompts, completions) -> dict:
-    scores = [score(model, p, c) for p, c in zip(prompts, completions)]
-    return {**metrics.diversity(completions), **metrics.quality(scores)}
+class _Scorer:
+    """Scores one set of completions: the sampling model's own NLL and entropy, the judge's
+    NLL and features (when there is a judge), and every metric with its interval."""
+
+    def __init__(self, model, judge, prompts, decode, gen: GenConfig):
+        self.model, self.judge, self.prompts, self.decode, self.gen = model, judge, prompts, decode, gen
+        self.prompt_texts = [decode(p) for p in prompts]
+        self.resampler = Resampler(len(prompts), gen.bootstrap, gen.seed)
+        self.ref_features = None
+
+    def text_set(self, completions, tokens_per_sec=None) -> suite.TextSet:
+        texts = [self.decode(c) for c in completions]
+        own = judge_mod.self_scores(self.model, self.prompts, completions)
+        judged = feats = None
+        if self.judge is not None:
+            judged, feats = self.judge.score_texts(self.prompt_texts, texts)
+        return suite.TextSet(texts, completions, own=own, judged=judged, features=feats,
+                             tokens_per_sec=tokens_per_sec)
+
+    def measure(self, s: suite.TextSet) -> dict:
+        return suite.measure(s, self.resampler, ref_features=self.ref_features, mauve_buckets=self.gen.mauve_buckets,
+                             mauve_seed=self.gen.mauve_seed)
 
 
 def sample_run(
@@ -103,6 +153,7 @@ def sample_run(
     device: str | None = None,
     name: str | None = None,
     prompt: str | None = None,
+    judge: str | None = None,
 ) -> Path:
     run = RunFolder(run_dir)
     cfg = run.config()
@@ -119,35 +170,66 @@ def sample_run(
     if out_dir.exists():
         raise UserError(f"{out_dir} already exists; pass another --name (earlier results are kept)")
     prompts, refs, prompt_source = build_prompts(cfg, gen, tok, prompt)
+    the_judge = None
+    if judge is not None:
+        if Path(str(judge)).expanduser().resolve() == run.path.resolve():
+            raise UserError(f"judge={judge} is the run being sampled; give a separate fixed model (or leave "
+                            "judge unset for self-scored gen-ppl)")
+        if refs is not None:
+            mauve_mod.require()
+        the_judge = judge_mod.load(judge, dev)
+    identity = the_judge.identity if the_judge else judge_mod.self_identity(run, ckpt.state["step"])
     out_dir.mkdir(parents=True)
     decode = lambda ids: toks.decode(tok, ids)  # noqa: E731
     eos_id = toks.end_of_text_id(tok)
+    scorer = _Scorer(model, the_judge, prompts, decode, gen)
+
+    reference = None
+    if refs is not None:
+        ref_set = scorer.text_set(refs)
+        reference = scorer.measure(ref_set)  # before it becomes MAUVE's P: no MAUVE of P against itself
+        scorer.ref_features = ref_set.features
+        with open(run.sample_file(name, "reference"), "w") as f:
+            for i, (p, r) in enumerate(zip(prompts, refs)):
+                f.write(json.dumps({"index": i, "prompt": decode(p), "completion": decode(r), "completion_ids": r}) + "\n")
+
     results: dict[str, dict] = {}
     for sampler in chosen:
         tic = time.perf_counter()
         completions = _generate_all(model, sampler, prompts, gen, eos_id, decode)
         seconds = time.perf_counter() - tic
-        results[sampler.name] = _evaluate(model, prompts, completions)
-        results[sampler.name]["tokens_per_sec"] = sum(map(len, completions)) / seconds if seconds else None
+        speed = sum(map(len, completions)) / seconds if seconds else None
+        results[sampler.name] = scorer.measure(scorer.text_set(completions, speed))
         with open(run.sample_file(name, sampler.name), "w") as f:
             for i, (p, c) in enumerate(zip(prompts, completions)):
                 row = {"index": i, "prompt": decode(p), "completion": decode(c), "completion_ids": c,
                        "seed": gen.seed + i, "sampler": sampler.name, "settings": sampler.settings.changed()}
                 f.write(json.dumps(row) + "\n")
-        loggers.log_samples(cfg, run, name, sampler.name, f.name, results[sampler.name], ckpt.state["step"])
-        log.info("sampled %s: distinct-4 %s, gen-ppl %s", sampler.name,
-                 _fmt(results[sampler.name]["distinct_4"]), _fmt(results[sampler.name]["gen_ppl"]))
-    reference = None
-    if refs is not None:
-        reference = _evaluate(model, prompts, refs)
-        with open(run.sample_file(name, "reference"), "w") as f:
-            for i, (p, r) in enumerate(zip(prompts, refs)):
-                f.write(json.dumps({"index": i, "prompt": decode(p), "completion": decode(r), "completion_ids": r}) + "\n")
+        loggers.log_samples(cfg, run, name, sampler.name, f.name, suite.values(results[sampler.name]),
+                            ckpt.state["step"])
+        r = results[sampler.name]
+        log.info("sampled %s: distinct-4 (words) %s, gen-ppl (%s) %s", sampler.name,
+                 _num(r["distinct_4"]["value"]), identity["kind"], _num(r["gen_ppl"]["value"]))
+
+    mauve_info = None
+    if scorer.ref_features is not None:
+        warning = mauve_mod.warning(len(prompts))
+        if warning:
+            log.warning(warning)
+        mauve_info = {"samples": len(prompts), "num_buckets": mauve_mod.buckets_for(len(prompts), len(prompts),
+                      gen.mauve_buckets), "seed": gen.mauve_seed, "features": "judge's last hidden state at the "
+                      "last token of prompt + continuation", "p": "reference", "warning": warning}
     report = {
         "checkpoint": {"which": gen.checkpoint, "step": ckpt.state["step"], "val_loss": ckpt.state.get("val_loss")},
         "tokenizer": toks.kind_of(tok),
         "prompts": prompt_source,
         "gen": to_dict(gen),
+        "judge": identity,
+        "mauve": mauve_info,
+        "bootstrap": {"replicates": gen.bootstrap, "seed": gen.seed, "level": LEVEL, "over": "samples",
+                      "corpus_replicates": suite.CORPUS_REPLICATES,
+                      "compression_replicates": suite.COMPRESSION_REPLICATES},
+        "units": UNITS,
         "samplers": results,
         "reference": reference,
         "settings": {s.name: to_dict(s.settings) for s in chosen},
@@ -156,8 +238,11 @@ def sample_run(
     samples = run.summary().samples or {}
     samples[name] = {
         "path": str(out_dir.relative_to(run.path)),
-        "headline": {k: {m: v.get(m) for m in HEADLINE} for k, v in results.items()},
-        "reference": {m: reference.get(m) for m in HEADLINE} if reference else None,
+        "judge": identity,
+        "headline": {k: suite.values(v) for k, v in results.items()},
+        "reference": suite.values(reference) if reference else None,
+        # the 95% intervals of the same figures: {row: {metric: [low, high]}} (rows as in headline, + reference)
+        "intervals": {k: suite.intervals(v) for k, v in [*results.items(), ("reference", reference or {})]},
     }
     run.update_summary(samples=samples, latest_samples=name)
     headline.print_run(run)
@@ -165,38 +250,91 @@ def sample_run(
     return out_dir
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+# ---------------------------------------------------------------------------
+# The sampler table: value ± half-width of the 95% interval, in 80 columns
 
 
-TABLE_COLUMNS = (  # (metric key, header)
-    ("distinct_1", "dist-1"), ("distinct_2", "dist-2"), ("distinct_4", "dist-4"), ("self_bleu_4", "self-BLEU"),
-    ("seq_rep_4", "seq-rep-4"), ("repetition", "rep"), ("zipf", "zipf"), ("gen_ppl", "gen-ppl"),
-    ("mean_entropy", "entropy"), ("mean_length", "length"),
-)
+def _decimals(value: float) -> int:
+    a = abs(value)
+    return 0 if a >= 1000 else 1 if a >= 100 else 2 if a >= 10 else 3 if a >= 0.01 or a == 0 else 4
 
 
-def print_table(report: dict, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _num(value, decimals: int | None = None) -> str:
+    if value is None:
+        return "-"
+    d = _decimals(value) if decimals is None else decimals
+    return f"{value:,.{d}f}" if d == 0 else f"{value:.{d}f}"
 
-    table = Table(title=title, caption=f"tokenizer: {report['tokenizer']}; prompts: {report['prompts']}")
-    table.add_column("sampler", no_wrap=True)
-    for _, header in TABLE_COLUMNS:
-        table.add_column(header, justify="right", no_wrap=True)
+
+def cell(e: dict | None) -> str:
+    """'value ± half-width' of a metrics.json entry ('-' when not measured)."""
+    if not e or e.get("value") is None:
+        return "-"
+    v, lo, hi = e["value"], e.get("low"), e.get("high")
+    d = _decimals(v)
+    if lo is None or hi is None:
+        return _num(v, d)
+    return f"{_num(v, d)} ± {_num((hi - lo) / 2, d)}"
+
+
+def _judge_line(identity: dict) -> str:
+    kind = identity.get("kind")
+    if kind == "run":
+        return f"judge: run {identity.get('path')} (step {identity.get('step')}, config {identity.get('config_hash')})"
+    if kind == "transformers":
+        return f"judge: {identity.get('id')} (transformers, {identity.get('params') or 0:,} parameters)"
+    return "judge: none - gen-ppl is self-scored by the sampled model; no MAUVE"
+
+
+def table_lines(report: dict, title: str, width: int = WIDTH) -> list[str]:
+    """The sampler table as lines of at most `width` characters (columns split into blocks)."""
     rows = list(report["samplers"].items())
     if report.get("reference"):
         rows.append(("reference text", report["reference"]))
-    for name, values in rows:
-        table.add_row(name, *(_fmt(values.get(key)) for key, _ in TABLE_COLUMNS))
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        console = Console(stderr=True, width=160)  # logs and CI: never squeeze the numbers
-    console.print(table)
+    shown = [m for m in registry.METRICS if not m.name.endswith("_token")
+             and any((v.get(m.name) or {}).get("value") is not None for _, v in rows)]
+    first = max([len("sampler")] + [len(n) for n, _ in rows])
+    self_judged = (report.get("judge") or {}).get("kind") == "self"
+    columns = []
+    for m in shown:
+        cells = [cell(v.get(m.name)) for _, v in rows]
+        unit = "[self]" if m.unit == "judge" and self_judged else f"[{m.unit}]"
+        columns.append((m.label, unit, cells, max(len(m.label), len(unit), *map(len, cells))))
+    blocks, current, used = [], [], first
+    for col in columns:
+        if current and used + 2 + col[3] > width:
+            blocks.append(current)
+            current, used = [], first
+        current.append(col)
+        used += 2 + col[3]
+    if current:
+        blocks.append(current)
+    notes = [title, _judge_line(report.get("judge") or {}),
+             f"prompts: {report['prompts']}",
+             f"± = half-width of the seeded bootstrap {int(LEVEL * 100)}% interval over samples "
+             f"({(report.get('bootstrap') or {}).get('replicates', 0)} replicates)",
+             "units: " + "; ".join(f"{k} = {v}" for k, v in UNITS.items()) + f" (tokenizer: {report['tokenizer']})"]
+    if (report.get("mauve") or {}).get("warning"):
+        notes.append(report["mauve"]["warning"])
+    out = [line for note in notes for line in textwrap.wrap(note, width, subsequent_indent="  ",
+                                                              break_on_hyphens=False)]
+    for block in blocks:
+        out.append("")
+        out.append("sampler".ljust(first) + "".join("  " + c[0].rjust(c[3]) for c in block))
+        out.append(" " * first + "".join("  " + c[1].rjust(c[3]) for c in block))
+        for i, (name, _) in enumerate(rows):
+            out.append(name.ljust(first) + "".join("  " + c[2][i].rjust(c[3]) for c in block))
+    return out
+
+
+def print_table(report: dict, title: str) -> None:
+    import sys
+
+    print("\n".join(table_lines(report, title)), file=sys.stderr)
 
 
 def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, prompt: str | None) -> Path:
-    """Apply `gen.*` and `samplers=` overrides to the run's own settings, then sample."""
+    """Apply `gen.*`, `samplers=` and `judge=` overrides to the run's own settings, then sample."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     run = RunFolder(run_dir)
@@ -208,9 +346,10 @@ def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, pro
         raise UserError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
     for o in parsed:
         key = o.key_or_group
-        if not (key == "samplers" or key.startswith("gen.")):
-            raise UserError(f"{key}: sample takes only gen.* and samplers overrides; retrain to change {key}")
+        if not (key in ("samplers", "judge") or key.startswith("gen.")):
+            raise UserError(f"{key}: sample takes only gen.* and samplers overrides and judge=; "
+                            f"retrain to change {key}")
         OmegaConf.update(raw, key, o.value(), merge=False, force_add=True)
     cfg = validate(raw)
     with run.logging_to_file():
-        return sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, name=name, prompt=prompt)
+        return sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, name=name, prompt=prompt, judge=cfg.judge)

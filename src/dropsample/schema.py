@@ -292,6 +292,10 @@ class GenConfig:
     checkpoint: str = spec("best", "best or last", check=OneOf(CHECKPOINTS))
     mc_dropout: bool = spec(False, "add greedy decoding with dropout kept on")
     name: Optional[str] = spec(None, "samples/<name>/ (null: a timestamp)", result=False)
+    bootstrap: int = spec(1000, "bootstrap replicates over samples for the 95% intervals (0: none)", check=COUNT)
+    mauve_buckets: Optional[int] = spec(None, "MAUVE's k-means clusters (null: its authors' N / 10)",
+                                        check=Range(2, allowed="must be >= 2 (or null)"))
+    mauve_seed: int = spec(25, "MAUVE's k-means seed (mauve-text's default)")
 
     def check(self, prefix: str) -> None:
         Range(0, self.max_new_tokens, allowed=f"must be in [0, {prefix}max_new_tokens={self.max_new_tokens}]")(
@@ -375,6 +379,9 @@ class Config:
     samplers: List[Any] = spec(help="sampler preset names or dicts of settings compared after training",
                                factory=lambda: list(DEFAULT_SAMPLERS))
     sample_after_train: bool = spec(True, "end `train` with `sample` on the best checkpoint")
+    judge: Optional[str] = spec(None, "the fixed model that scores every sampler's text (gen-ppl, MAUVE): a "
+                                "completed run folder, a transformers model folder or a hub id (null: self-scored, "
+                                "no MAUVE)")
     logger: LoggerConfig = spec(help="experiment loggers (conf/logger/): none, tensorboard, wandb, mlflow, csv",
                                 factory=LoggerConfig, result=False)
     objective: str = spec("val_loss", "what a sweep job returns to an adaptive sweeper (objective.py): val_loss, "

@@ -62,7 +62,7 @@ def after_training(cfg: Config, run: RunFolder, summary: Summary, device: str | 
         # the experiment is not complete until its samples are written
         run.update_summary(status="running", stage="sampling")
         try:
-            sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, device=device)
+            sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, device=device, judge=cfg.judge)
         except UserError as err:
             raise RuntimeError(f"sampling after training: {err}") from None
         summary = run.update_summary(status="completed", stage=None)

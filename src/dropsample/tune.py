@@ -27,7 +27,7 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
-from dropsample import metrics
+from dropsample.metrics import registry
 from dropsample.config import resolve_samplers
 from dropsample.errors import ConfigError, UserError
 from dropsample.runs import RunFolder, Summary
@@ -47,8 +47,8 @@ def summary_numbers() -> list[str]:
 
 
 def sample_metric_names() -> list[str]:
-    """The per-sampler metrics `dropsample sample` writes (metrics.diversity and .quality, and speed)."""
-    return sorted({*metrics.diversity([[1, 2, 3, 4, 5, 6]]), *metrics.quality([]), "tokens_per_sec"})
+    """The per-sampler metrics `dropsample sample` writes (metrics/registry.py)."""
+    return sorted(registry.BY_NAME)
 
 
 def check(cfg: Config) -> None:
@@ -94,6 +94,8 @@ def _value(objective: str, summary: Summary | None, run: RunFolder) -> float | N
         sampler, metric = name.rsplit(".", 1)
         record = run.sample_metrics(summary.latest_samples) if summary.latest_samples else None
         number = ((record or {}).get("samplers", {}).get(sampler) or {}).get(metric)
+        if isinstance(number, dict):  # a metrics.json entry: {"value", "low", "high"}
+            number = number.get("value")
         where = f"samples/{summary.latest_samples}/metrics.json" if record else "no samples"
     else:
         number = summary.to_json().get(name)

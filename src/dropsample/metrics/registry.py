@@ -50,7 +50,7 @@ METRICS: tuple[Metric, ...] = (
     *_both("rep_2", "rep-2", "degeneration", "lower", "Su et al. 2022"),
     *_both("rep_3", "rep-3", "degeneration", "lower", "Su et al. 2022"),
     *_both("rep_4", "rep-4", "degeneration", "lower", "Su et al. 2022"),
-    *_both("repetition", "repetition %", "degeneration", "lower", "Holtzman et al. 2020"),
+    *_both("repetition", "repetition", "degeneration", "lower", "Holtzman et al. 2020"),  # a fraction
     *_both("seq_rep_4", "seq-rep-4", "degeneration", "lower", "Welleck et al. 2019"),
     Metric("mean_entropy", "entropy", "other", "token", "reference", "model's own next-token entropy"),
     *_both("mean_length", "length", "other", "reference", "completion length"),
