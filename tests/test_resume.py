@@ -14,7 +14,7 @@ from dropsample import training
 from dropsample.runs import RunFolder
 
 SHORT = [o for o in TINY if not o.startswith(("train.max_iters", "train.eval_interval"))] + [
-    "train.max_iters=60", "train.eval_interval=10", "sample_after_train=false",
+    "train.max_iters=60", "train.eval_interval=10", "train.log_interval=7", "sample_after_train=false",
 ]
 
 
@@ -59,6 +59,13 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, monkeypatch, schedu
     for key in ("final_train_loss", "final_val_loss", "best_val_loss", "best_step", "tokens_seen"):
         assert getattr(resumed, key) == getattr(full, key), key
     assert comparable(metrics(cut_dir)) == comparable(metrics(full_dir))
+    # the batch-loss curve: the lost process's points after its checkpoint are cut, the resumed
+    # process's equal the uninterrupted run's
+    curve = lambda d: [(r["step"], r["loss"], r["lr"]) for r in RunFolder(d).train_curve()]  # noqa: E731
+    t = cfg.train
+    assert [s for s, _, _ in curve(full_dir)] == sorted({*range(t.log_interval, t.max_iters + 1, t.log_interval),
+                                                          t.max_iters})
+    assert curve(cut_dir) == curve(full_dir)
     if schedule == "val_plateau":
         factors = [r["dropout_factor"] for r in metrics(full_dir)]
         assert min(factors) < 1.0, "the plateau rule must have lowered the rate for this test to mean something"

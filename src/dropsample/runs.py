@@ -4,6 +4,7 @@
         .hydra/              config.yaml (resolved), overrides.yaml, hydra.yaml
         summary.json         status and headline figures (Summary below; rewritten atomically)
         metrics.jsonl        one line per evaluation (METRICS_ROW below)
+        train_curve.jsonl    the training batch loss every train.log_interval steps (TRAIN_POINT)
         train.log
         tokenizer.json
         checkpoints/{best,last}/   see checkpoint.py
@@ -177,6 +178,14 @@ METRICS_ROW = (
     "step", "tokens", "train_loss", "val_loss", "train_ppl", "val_ppl", "gap", "lr",
     "dropout_factor", "dropout", "tokens_per_sec", "elapsed_sec",
 )  # + train_bpc, val_bpc at character level
+# train_curve.jsonl: the loss of the optimizer step's batch (dropout on, as trained), its lr and speed
+TRAIN_POINT = ("step", "loss", "lr", "tokens_per_sec")
+
+
+def _append_row(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
 
 
 # ---------------------------------------------------------------------------
@@ -313,21 +322,34 @@ class RunFolder:
         write_json_atomic(self.summary_path, summary.to_json())
         return summary
 
-    # -- metrics.jsonl -------------------------------------------------------
+    # -- metrics.jsonl and train_curve.jsonl ---------------------------------
+    @property
+    def train_curve_path(self) -> Path:
+        return self.path / "train_curve.jsonl"
+
     def append_metrics(self, row: dict) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        _append_row(self.metrics_path, row)
+
+    def append_train_point(self, row: dict) -> None:
+        """One TRAIN_POINT row: the training batch loss at a log interval (rank 0 only)."""
+        _append_row(self.train_curve_path, row)
 
     def metrics(self) -> list[dict]:
         """Evaluation rows. A last line cut by a kill is dropped; damage before the end is an error."""
-        if not self.metrics_path.is_file():
+        return self._rows(self.metrics_path, ("train_loss", "val_loss", "gap", "train_ppl", "val_ppl"))
+
+    def train_curve(self) -> list[dict]:
+        """Training-batch losses at every log interval (empty for runs made before it existed)."""
+        return self._rows(self.train_curve_path, ("loss", "lr"))
+
+    def _rows(self, path: Path, numbers: tuple[str, ...]) -> list[dict]:
+        if not path.is_file():
             return []
         fix = "delete the run folder and rerun its job, or resume it: dropsample train --resume " + str(self.path)
         try:
-            lines = self.metrics_path.read_text().splitlines()
+            lines = path.read_text().splitlines()
         except UnicodeDecodeError:
-            raise DamagedFile(self.metrics_path, "not UTF-8 text", fix) from None
+            raise DamagedFile(path, "not UTF-8 text", fix) from None
         rows = []
         for number, line in enumerate(lines, 1):
             try:
@@ -337,20 +359,23 @@ class RunFolder:
             except ValueError:
                 if number == len(lines):
                     break  # the line a killed process was writing
-                raise DamagedFile(self.metrics_path, f"line {number} is not a metrics row", fix) from None
-            for key in ("train_loss", "val_loss", "gap", "train_ppl", "val_ppl"):
+                raise DamagedFile(path, f"line {number} is not a metrics row", fix) from None
+            for key in numbers:
                 if key in row and not (_number(row[key]) or row[key] is None):
-                    raise DamagedFile(self.metrics_path, f"line {number}: {key} is {row[key]!r}", fix)
+                    raise DamagedFile(path, f"line {number}: {key} is {row[key]!r}", fix)
             rows.append(row)
         return rows
 
     def truncate_metrics(self, last_step: int) -> None:
-        """On resume: keep rows up to the checkpoint's step, drop what the lost process wrote after."""
-        rows = [r for r in self.metrics() if r["step"] <= last_step]
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(tmp, self.metrics_path)
+        """On resume: keep rows up to the checkpoint's step, drop what the lost process wrote after
+        (in metrics.jsonl and train_curve.jsonl alike)."""
+        for path, rows in ((self.metrics_path, self.metrics()), (self.train_curve_path, self.train_curve())):
+            if not path.is_file():
+                continue
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".metrics.")
+            with os.fdopen(fd, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= last_step)
+            os.replace(tmp, path)
 
     # -- checkpoints ---------------------------------------------------------
     def load_checkpoint(self, which: str, fix: str | None = None):

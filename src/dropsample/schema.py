@@ -260,7 +260,7 @@ class TrainConfig:
     final_eval_tokens: Optional[int] = spec(2_000_000, "after training, evaluate the best checkpoint on up to this "
                                             "many tokens of each split, evenly spaced windows (null: whole splits)",
                                             check=POSITIVE)
-    log_interval: int = spec(50, "plain log line cadence when output is not a terminal", check=POSITIVE,
+    log_interval: int = spec(50, "log line and train_curve.jsonl cadence (steps)", check=POSITIVE,
                              result=False)
     device: str = spec("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", result=False)
     dtype: str = spec("auto", "auto (bf16 autocast on CUDA, fp32 elsewhere), float32, bfloat16 or float16",

@@ -425,6 +425,9 @@ def loop(tr: Trainer, fresh: bool) -> None:
                 raise Diverged(f"loss became {loss_value} at step {step}")
             progress.update(step, loss_value, lr, s.tokens_seen / s.train_seconds)
             done = step + 1
+            if distributed.is_main() and (done % t.log_interval == 0 or done == t.max_iters):
+                tr.run.append_train_point({"step": done, "loss": loss_value, "lr": lr,
+                                           "tokens_per_sec": s.tokens_seen / s.train_seconds})
             if tr.loggers.due(done):  # experiment loggers: this step's loss, lr, speed and dropout in effect
                 factor = tr.schedule.factor(step)
                 tr.loggers.train_step(done, loss_value, lr, s.tokens_seen / s.train_seconds, factor,

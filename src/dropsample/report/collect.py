@@ -99,6 +99,7 @@ class Run:
     metrics: list[dict]
     samples: dict | None  # samples/<latest>/metrics.json as written
     identity: dict = field(default_factory=dict)  # flattened result identity without the seed
+    curve: list[dict] = field(default_factory=list)  # train_curve.jsonl: batch loss every log interval
 
     @property
     def status(self) -> str:
@@ -253,7 +254,7 @@ def load_run(path: Path) -> Run:
     summary = folder.summary()
     samples = folder.sample_metrics(summary.latest_samples) if summary.latest_samples else None
     return Run(folder.path, flat(identity(cfg, seed=True)), summary, folder.metrics(), samples,
-               flat(identity(cfg, seed=False)))
+               flat(identity(cfg, seed=False)), folder.train_curve())
 
 
 def collect(paths: list[Path], skip_damaged: bool = False) -> tuple[list[Run], list[str]]:

@@ -74,10 +74,14 @@ def loss_curves(configs: list[Configuration]) -> Plot:
         if not runs:
             continue
         color = colors[i % len(colors)]
-        for key, style, word in (("train_loss", "--", "train"), ("val_loss", "-", "val")):
+        # train: the batch loss at every log interval (train_curve.jsonl) when the runs have it,
+        # else the eval-mode train loss at evaluations; val: every evaluation
+        curves = all(r.curve for r in runs)
+        train = ("loss", "curve") if curves else ("train_loss", "metrics")
+        for (key, source), style, word in ((train, "--", "train"), (("val_loss", "metrics"), "-", "val")):
             by_step: dict[int, list[tuple[float, float | None]]] = {}
             for r in runs:
-                for row in r.metrics:
+                for row in (r.curve if source == "curve" else r.metrics):
                     if _number(row.get(key)):
                         by_step.setdefault(row["step"], []).append((row[key], row.get(f"{key}_se")))
             if not by_step:
@@ -101,7 +105,9 @@ def loss_curves(configs: list[Configuration]) -> Plot:
     ax.set_ylabel("loss (nats/token)")
     seeds = max((len(c.completed) for c in configs), default=0)
     band = "95% t-interval over seeds" if seeds >= 2 else "±1.96 SE of the eval batches"
-    return _finish(fig, ax, "loss_curves.png", f"Train (dashed) and val (solid) loss; bands: {band}")
+    train = ("train: batch loss every log interval, dropout on" if all(r.curve for c in configs for r in c.runs)
+             else "train: eval-mode loss")
+    return _finish(fig, ax, "loss_curves.png", f"Train (dashed) and val (solid) loss; {train}; bands: {band}")
 
 
 def _xy(configs: list[Configuration], axis: str | None):
