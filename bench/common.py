@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -37,18 +38,30 @@ def peer(preset: str, rate: float = 0.0, vocab: int = VOCAB):
     return GPT2LMHeadModel(cfg)  # transformers picks its sdpa attention by default
 
 
-def interleaved(fns: dict, rounds: int = 3, warmup: int = 1) -> dict[str, float]:
-    """Best-of-rounds seconds per call for each fn, alternating A B A B so drift hits both."""
+def interleaved_runs(fns: dict, rounds: int = 3, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of every round for each fn, alternating A B A B so drift hits both."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    best = {name: float("inf") for name in fns}
+    times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             tic = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - tic)
-    return best
+            times[name].append(time.perf_counter() - tic)
+    return times
+
+
+def interleaved(fns: dict, rounds: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Best-of-rounds seconds per call for each fn, interleaved."""
+    return {name: min(t) for name, t in interleaved_runs(fns, rounds, warmup).items()}
+
+
+def median_ratio(times: dict[str, list[float]], slow: str, fast: str) -> tuple[float, float]:
+    """Median over rounds of time[slow] / time[fast] (each round's pair ran back to back, so a
+    neighbour's load hits both), and half the spread between the rounds' lowest and highest ratio."""
+    ratios = sorted(a / b for a, b in zip(times[slow], times[fast]))
+    return statistics.median(ratios), (ratios[-1] - ratios[0]) / 2
 
 
 def environment() -> str:

@@ -14,11 +14,18 @@ import argparse
 
 import torch
 
-from common import environment, interleaved, ours, peer, shape
+from common import environment, interleaved, interleaved_runs, median_ratio, ours, peer, shape
 
 
 def step_fn(model, x, y, hf: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """One optimizer step. Ours: the optimizer `dropsample train` builds (optim.AdamW on CPU);
+    the peer: torch's fused AdamW, its fastest (the default of transformers' Trainer)."""
+    if hf:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    else:
+        from dropsample.optim import AdamW
+
+        opt = AdamW([{"params": list(model.parameters())}], lr=1e-4)
     model.train()
 
     def step():
@@ -50,23 +57,30 @@ def main():
     ap.add_argument("--variants", action="store_true")
     args = ap.parse_args()
     print(environment())
-    print("| preset | batch x context | dropout | dropsample tok/s | transformers tok/s | ratio | dropout cost (ours) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| preset | batch x context | dropout | dropsample ms/iter | transformers ms/iter | dropsample tok/s | "
+          "transformers tok/s | speed-up (median of rounds ± half range) | dropout cost (ours, vs rate 0) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         B = args.batch or (32 if preset in ("tiny", "baby") else 8)
         x, y = batch(preset, B)
         tokens = B * x.shape[1] * args.steps
-        base = None
+        zero = None  # our step at dropout 0, timed again beside each rate: the dropout cost
         for rate in args.rates:
             torch.manual_seed(0)
             a, b = ours(preset, rate), peer(preset, rate)
             sa, sb = step_fn(a, x, y, False), step_fn(b, x, y, True)
-            t = interleaved({"ours": lambda: [sa() for _ in range(args.steps)],
-                             "hf": lambda: [sb() for _ in range(args.steps)]}, rounds=args.rounds)
-            ours_tps, hf_tps = tokens / t["ours"], tokens / t["hf"]
-            base = base or t["ours"]
-            print(f"| {preset} | {B} x {x.shape[1]} | {rate:g} | {ours_tps:,.0f} | {hf_tps:,.0f} | "
-                  f"{ours_tps / hf_tps:.2f}x | {t['ours'] / base:.2f}x |", flush=True)
+            fns = {"ours": lambda: [sa() for _ in range(args.steps)], "hf": lambda: [sb() for _ in range(args.steps)]}
+            if rate > 0 and zero is not None:
+                fns["zero"] = lambda: [zero() for _ in range(args.steps)]
+            runs = interleaved_runs(fns, rounds=args.rounds)
+            t = {name: min(v) for name, v in runs.items()}
+            ratio, spread = median_ratio(runs, "hf", "ours")
+            cost = median_ratio(runs, "ours", "zero")[0] if "zero" in runs else 1.0
+            if rate == 0:
+                zero = sa
+            print(f"| {preset} | {B} x {x.shape[1]} | {rate:g} | {t['ours'] / args.steps * 1e3:.1f} | "
+                  f"{t['hf'] / args.steps * 1e3:.1f} | {tokens / t['ours']:,.0f} | {tokens / t['hf']:,.0f} | "
+                  f"{ratio:.2f}x ± {spread:.2f} | {cost:.2f}x |", flush=True)
     if args.variants:
         print()
         print("| preset | variant (rate 0.2) | time vs no dropout |")
