@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--new", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -59,7 +60,8 @@ def main():
     print(f"| sampler | batch | dropsample tok/s | transformers tok/s | ratio |  ({args.preset}, prompt {args.prompt}, "
           f"{args.new} new tokens)")
     print("|---|---|---|---|---|")
-    for name, (settings, hf_kwargs) in SAMPLERS.items():
+    for name in args.samplers:
+        settings, hf_kwargs = SAMPLERS[name]
         for B in args.batches:
             prompts = torch.randint(0, 65, (B, args.prompt), generator=torch.Generator().manual_seed(B))
             sampler = Sampler(name, sampler_settings(settings))

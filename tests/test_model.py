@@ -53,6 +53,31 @@ def test_kv_cache_gives_the_same_logits_as_full_recompute():
     torch.testing.assert_close(chunk, full[:, 5:], atol=1e-5, rtol=1e-5)
 
 
+def test_kv_cache_select_reorders_rows_reusing_the_shared_prefix():
+    """Beam-style reorders within groups of 2 rows that share a 3-position prefix: after each
+    select, every row holds exactly its source row's keys and values (the spare buffer's
+    unchanged prefix included), as a plain gather of the whole cache would."""
+    torch.manual_seed(0)
+    cache = KVCache(tiny(), 4, "cpu")
+    prefix = torch.randn(cache.k.shape[0], 2, cache.k.shape[2], 3, cache.k.shape[4])
+    cache.k[:, :, :, :3] = prefix.repeat_interleave(2, dim=1)  # rows 0,1 and 2,3 share a prefix
+    cache.v[:, :, :, :3] = -prefix.repeat_interleave(2, dim=1)
+    cache.length = 3
+    expect_k, expect_v = cache.k[:, :, :, :3].clone(), cache.v[:, :, :, :3].clone()
+    for rows in ([1, 1, 2, 3], [0, 0, 3, 2], [1, 0, 2, 2]):
+        new_k, new_v = torch.randn_like(cache.k[:, :, :, :1]), torch.randn_like(cache.v[:, :, :, :1])
+        for layer in range(cache.k.shape[0]):
+            cache.append(layer, new_k[layer], new_v[layer])
+        cache.length += 1
+        expect_k = torch.cat([expect_k, new_k], dim=3)[:, rows]
+        expect_v = torch.cat([expect_v, new_v], dim=3)[:, rows]
+        cache.select(torch.tensor(rows), same_prefix=3)
+        assert torch.equal(cache.k[:, :, :, : cache.length], expect_k)
+        assert torch.equal(cache.v[:, :, :, : cache.length], expect_v)
+    cache.select(torch.tensor([3, 0]))  # fewer rows (contrastive search): a fresh buffer
+    assert torch.equal(cache.k[:, :, :, : cache.length], expect_k[:, [3, 0]])
+
+
 def test_matches_transformers_gpt2(tmp_path):
     """Same weights in GPT2LMHeadModel give the same logits (names map one to one)."""
     pytest.importorskip("transformers")

@@ -74,27 +74,45 @@ class KVCache:
         # never read before written (attention only sees [:length]), so no zero fill
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
+        self._layers()
         self.length = 0
+        # `select` gathers into these and swaps (beam search reorders every step: a gather
+        # into a second buffer costs a fifth of gathering into a temporary and copying back)
+        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _layers(self) -> None:
+        # per-layer views made once: indexing [layer, :, :, a:b] each step costs more than the copy
+        # (select, not unbind: autograd forbids writing into one of unbind's multiple views)
+        self._k, self._v = [self.k[i] for i in range(len(self.k))], [self.v[i] for i in range(len(self.v))]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store (B, H, T, D) new keys/values; return all keys/values so far."""
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        start, end = self.length, self.length + k.shape[2]
+        kl, vl = self._k[layer], self._v[layer]
+        kl.narrow(2, start, end - start).copy_(k)
+        vl.narrow(2, start, end - start).copy_(v)
+        return kl.narrow(2, 0, end), vl.narrow(2, 0, end)
 
-    def select(self, rows: torch.Tensor) -> None:
+    def select(self, rows: torch.Tensor, same_prefix: int = 0) -> None:
         """Keep batch rows `rows`: reordered (beams), repeated or fewer (contrastive search).
-        Copies only the filled positions: the copy is memory-bound, capacity is not."""
-        self.k = self._take(self.k, rows)
-        self.v = self._take(self.v, rows)
 
-    def _take(self, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        filled = t[:, rows, :, : self.length]
-        if rows.numel() != t.shape[1]:
-            t = t.new_empty((t.shape[0], rows.numel()) + t.shape[2:])
-        t[:, :, :, : self.length] = filled
-        return t
+        Copies only the filled positions, and of those only the ones at or after
+        `same_prefix`: the caller promises that every earlier position already holds the same
+        keys and values in row i as in row rows[i] (beam search: a prompt, which all of its
+        beams share and which a beam never leaves), in this buffer and in the spare one."""
+        n, same = self.length, min(same_prefix, self.length)
+        if self._spare is not None and rows.numel() == self.k.shape[1]:
+            new_k, new_v = self._spare
+        else:  # first reorder or a new batch size: nothing in a fresh buffer can be reused
+            same = 0
+            new_k = self.k.new_empty((self.k.shape[0], rows.numel()) + self.k.shape[2:])
+            new_v = torch.empty_like(new_k)
+        torch.index_select(self.k[:, :, :, same:n], 1, rows, out=new_k[:, :, :, same:n])
+        torch.index_select(self.v[:, :, :, same:n], 1, rows, out=new_v[:, :, :, same:n])
+        # the old buffers' prefix is still right for the next select (rows stay in their group)
+        self._spare = (self.k, self.v) if rows.numel() == self.k.shape[1] else None
+        self.k, self.v = new_k, new_v
+        self._layers()
 
     def repeat(self, times: int) -> None:
         self.select(torch.arange(self.k.shape[1], device=self.k.device).repeat_interleave(times))
@@ -104,8 +122,8 @@ def math_attention(q, k, v, p: float = 0.0, causal: bool = False) -> torch.Tenso
     """softmax(q k^T / sqrt(D)) v, optionally causal, with dropout p on the probabilities.
 
     Used where the fused kernel is slower: on CPU in training with attention dropout (SDPA
-    then draws one mt19937 number per element), and for a single decoding query on strided
-    KV-cache views (SDPA copies them first).
+    then draws one mt19937 number per element), and for a single decoding query over a wide
+    batch of strided KV-cache views (SDPA copies them first).
     """
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Tq, Tk)
     if causal:
@@ -128,8 +146,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        # (B, T, 3C) -> three (B, H, T, D) views, strided exactly as split + view + transpose
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         prefix = 0
         if cache is not None:
             prefix = cache.length
@@ -141,8 +159,10 @@ class CausalSelfAttention(nn.Module):
             y = math_attention(q, k, v, p, causal=True)
         elif prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        elif T == 1 and p == 0:
-            y = math_attention(q, k, v)  # decoding: one query sees every cached key
+        elif T == 1 and p == 0 and B * self.n_head >= 128:
+            # decoding a wide batch: one query sees every cached key; on CPU the fused kernel
+            # loses to two batched matmuls from about 128 (row, head) pairs (bench/generate_speed.py)
+            y = math_attention(q, k, v)
         elif T == 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:

@@ -182,6 +182,9 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
     seq = req.prompts.repeat_interleave(K, dim=0)  # (B*K, P)
     ctx = Context(model, B * K, use_cache)
     logits, _, _ = ctx.prime(seq)
+    # cache positions every beam of a prompt shares (its prompt) need no reordering, until the
+    # window restarts with each beam's own tokens
+    shared = ctx.cache.length if ctx.cache is not None else 0
     neg_inf = float("-inf")
     beam_scores = torch.full((B, K), neg_inf, device=device)
     beam_scores[:, 0] = 0.0  # the K beams start identical: keep one alive
@@ -219,7 +222,7 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
         rows = (first_rows + beam.gather(1, order)).flatten()
         seq = torch.cat([seq[rows], token.gather(1, order).reshape(-1, 1)], dim=1)
         if ctx.cache is not None:
-            ctx.cache.select(rows)
+            ctx.cache.select(rows, same_prefix=shared)
         full = pool_ended.all(dim=1)
         if early:
             closed |= full
@@ -227,7 +230,8 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
             closed |= full & (beam_scores[:, 0] / n**alpha <= pool_scores.min(dim=1).values)
         if bool(closed.all()):
             break
-        logits, _, _ = ctx.advance(seq)
+        logits, _, restarted = ctx.advance(seq)
+        shared = 0 if restarted else shared
     # the pool is kept best first, and by now every prompt's pool holds an ended hypothesis
     return [row[:n] for row, n in zip(pool_seqs[:, 0].tolist(), pool_lens[:, 0].tolist())]
 
