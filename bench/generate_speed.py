@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import environment, interleaved, ours, shape
+from common import VOCAB, environment, interleaved, ours, shape
 
 SAMPLERS = {  # name: (dropsample settings, transformers generate kwargs)
     "greedy": ({"strategy": "greedy"}, {"do_sample": False}),
@@ -42,6 +42,10 @@ def main():
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--new", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--vocab", type=int, default=VOCAB, help="65: Tiny Shakespeare characters; 50257: GPT-2 BPE")
+    ap.add_argument("--sharpen", type=float, default=1.0,
+                    help="scale the final LayerNorm (so the logits): a random model's next-token distribution is near "
+                         "uniform, unlike a trained one's; the median top-p 0.9 nucleus size is printed")
     ap.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS))
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
@@ -53,17 +57,23 @@ def main():
     hf_logging.set_verbosity_error()
     print(environment())
     torch.manual_seed(0)
-    model = ours(args.preset).eval()
+    model = ours(args.preset, vocab=args.vocab).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(args.sharpen)  # logits scale with it, inputs do not
+        probe = torch.randint(0, args.vocab, (64, args.prompt), generator=torch.Generator().manual_seed(0))
+        probs = model(probe)[0][:, -1].softmax(-1).sort(descending=True).values
+        nucleus = ((probs.cumsum(-1) - probs) < 0.9).sum(-1).median().item()
+    print(f"median top-p 0.9 nucleus after a {args.prompt}-token prompt: {nucleus} of {args.vocab} tokens")
     assert args.prompt + args.new <= shape(args.preset)[3], "transformers cannot run past n_positions"
     with tempfile.TemporaryDirectory() as tmp:
         peer = export(model, Path(tmp))
-    print(f"| sampler | batch | dropsample tok/s | transformers tok/s | ratio |  ({args.preset}, prompt {args.prompt}, "
+    print(f"| sampler | batch | dropsample tok/s | transformers tok/s | ratio |  ({args.preset}, vocab {args.vocab}, prompt {args.prompt}, "
           f"{args.new} new tokens)")
     print("|---|---|---|---|---|")
     for name in args.samplers:
         settings, hf_kwargs = SAMPLERS[name]
         for B in args.batches:
-            prompts = torch.randint(0, 65, (B, args.prompt), generator=torch.Generator().manual_seed(B))
+            prompts = torch.randint(0, args.vocab, (B, args.prompt), generator=torch.Generator().manual_seed(B))
             sampler = Sampler(name, sampler_settings(settings))
             req = Request(prompts, args.new, seeds=list(range(B)))
 

@@ -58,6 +58,33 @@ def test_processor_matches_transformers(ours, theirs, name, logits):
     assert (~torch.isinf(got)).sum(-1).min() >= 1, "at least one token always survives"
 
 
+def bpe_sized_logits(rows: int = 12, vocab: int = 50257) -> torch.Tensor:
+    """Next-token logits at GPT-2's vocabulary: peaked rows (nucleus among the best 256 or
+    4,096), a near-flat row (nucleus of tens of thousands: the sort), a row after top-k."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(rows, vocab, generator=g) * torch.tensor([8.0, 6.0, 5.0, 4.0] * (rows // 4))[:, None]
+    logits[-1] = torch.randn(vocab, generator=g) * 0.1
+    logits[0, 1000:] = INF
+    return logits
+
+
+@pytest.mark.parametrize("p", [0.3, 0.9, 0.95, 0.999])
+def test_top_p_on_candidate_sets_equals_transformers_at_a_bpe_vocabulary(p):
+    logits = bpe_sized_logits()
+    expected = tlp.TopPLogitsWarper(p)(None, logits.clone())
+    got = sampling.TopP(p)(None, logits.clone())
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(got)])
+
+
+def test_top_p_sorts_only_rows_whose_nucleus_is_not_among_the_candidates(monkeypatch):
+    sorted_rows = []
+    full = sampling.TopP._sorted
+    monkeypatch.setattr(sampling.TopP, "_sorted", lambda self, x: sorted_rows.append(len(x)) or full(self, x))
+    sampling.TopP(0.9)(None, bpe_sized_logits())
+    assert sorted_rows == [1]  # the near-flat row alone
+
+
 def test_top_k_keeps_ties_at_the_kth_value():
     logits = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5]])
     kept = ~torch.isinf(sampling.TopK(2)(None, logits))

@@ -107,7 +107,20 @@ class TopK(LogitsProcessor):
 
 
 class TopP(LogitsProcessor):
-    """Nucleus: the smallest set of most likely tokens whose probability reaches p."""
+    """Nucleus: the smallest set of most likely tokens whose probability reaches p.
+
+    transformers sorts the whole vocabulary; on CPU that sort is most of a sampling step at a
+    BPE vocabulary (64 x 50,257 logits: 120 ms, against 5 ms for the 256 best). So rows whose
+    nucleus lies inside their `CANDIDATES` most likely tokens are decided there, exactly: rank r
+    (best first) is kept iff the mass above it is < p, which is the sorted rule (drop where the
+    mass at or below is <= 1 - p) written from the top. A row is decided there only when no
+    rank's mass above lies within `TOLERANCE` of p (far beyond the float32 rounding of either
+    computation) and the boundary falls between two different probabilities (a tie there is
+    broken by the sort's order); other rows, and every row on other devices, take the sort.
+    """
+
+    CANDIDATES = (256, 4096)  # candidate set sizes tried in turn (topk of 4096 still beats a sort)
+    TOLERANCE = 1e-6
 
     def __init__(self, p: float, min_tokens_to_keep: int = 1):
         if not _is_number(p) or not 0 < p <= 1:
@@ -115,6 +128,37 @@ class TopP(LogitsProcessor):
         self.p, self.min_keep = float(p), min_tokens_to_keep
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if logits.device.type != "cpu" or self.p == 1.0 or logits.shape[-1] <= 2 * self.CANDIDATES[0]:
+            return self._sorted(logits)
+        out = logits.clone()
+        probs = logits.softmax(dim=-1)
+        best = probs.amax(dim=-1)
+        pending = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)  # rows not decided
+        for k in self.CANDIDATES:
+            if k >= logits.shape[-1]:
+                break
+            # k tokens of at most `best` each cannot reach p: such rows skip this size
+            rows = (pending & (best * k >= self.p)).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            top, idx = probs[rows].topk(k, dim=-1)  # (R, k), best first
+            top64 = top.double()
+            above = top64.cumsum(dim=-1) - top64  # mass of the strictly better ranks
+            keep = above < self.p
+            keep[:, : self.min_keep] = True
+            last = keep.sum(dim=-1, keepdim=True).clamp(max=k - 1)  # first dropped rank
+            decided = (~keep[:, -1]) & ((above - self.p).abs() > self.TOLERANCE).all(dim=-1)
+            decided &= top.gather(1, last).squeeze(1) != top.gather(1, last - 1).squeeze(1)
+            rows = rows[decided]
+            drop = torch.ones((rows.numel(), logits.shape[-1]), dtype=torch.bool, device=logits.device)
+            drop.scatter_(1, idx[decided], ~keep[decided])
+            out[rows] = logits[rows].masked_fill(drop, NEG_INF)
+            pending[rows] = False
+        if pending.any():
+            out[pending] = self._sorted(logits[pending])
+        return out
+
+    def _sorted(self, logits: torch.Tensor) -> torch.Tensor:
         ascending, order = torch.sort(logits, descending=False)
         mass_below = ascending.softmax(dim=-1).cumsum(dim=-1)
         # drop the low tail whose total mass stays within 1 - p; the top tokens always survive
