@@ -22,6 +22,8 @@ SAMPLERS = {  # name: (dropsample settings, transformers generate kwargs)
     "pure": ({"strategy": "sample"}, {"do_sample": True, "top_k": 0}),
     "top_k_40": ({"strategy": "sample", "top_k": 40}, {"do_sample": True, "top_k": 40}),
     "top_p_0.9": ({"strategy": "sample", "top_p": 0.9}, {"do_sample": True, "top_k": 0, "top_p": 0.9}),
+    "min_p_0.1": ({"strategy": "sample", "min_p": 0.1}, {"do_sample": True, "top_k": 0, "min_p": 0.1}),
+    "typical_0.95": ({"strategy": "sample", "typical_p": 0.95}, {"do_sample": True, "top_k": 0, "typical_p": 0.95}),
     "beam_4": ({"strategy": "beam", "num_beams": 4}, {"do_sample": False, "num_beams": 4, "early_stopping": False}),
 }
 

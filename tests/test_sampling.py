@@ -85,6 +85,19 @@ def test_top_p_sorts_only_rows_whose_nucleus_is_not_among_the_candidates(monkeyp
     assert sorted_rows == [1]  # the near-flat row alone
 
 
+@pytest.mark.parametrize("mass", [0.2, 0.9, 0.95])
+def test_typical_on_candidate_sets_equals_transformers_at_a_bpe_vocabulary(mass, monkeypatch):
+    logits = bpe_sized_logits()
+    expected = tlp.TypicalLogitsWarper(mass)(None, logits.clone())
+    sorted_rows = []
+    full = sampling.Typical._sorted
+    monkeypatch.setattr(sampling.Typical, "_sorted", lambda self, x, d: sorted_rows.append(len(x)) or full(self, x, d))
+    got = sampling.Typical(mass)(None, logits.clone())
+    assert torch.equal(torch.isinf(got), torch.isinf(expected))
+    assert torch.equal(got[~torch.isinf(got)], logits[~torch.isinf(got)])
+    assert sum(sorted_rows) < len(logits) // 2  # most rows were decided on candidates
+
+
 def test_top_k_keeps_ties_at_the_kth_value():
     logits = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5]])
     kept = ~torch.isinf(sampling.TopK(2)(None, logits))

@@ -185,7 +185,13 @@ class MinP(LogitsProcessor):
 
 class Typical(LogitsProcessor):
     """Locally typical sampling: keep the tokens whose surprisal is closest to the entropy,
-    until their mass reaches typical_p (Meister et al. 2023)."""
+    until their mass reaches typical_p (Meister et al. 2023).
+
+    As in TopP, CPU rows at a large vocabulary are decided on candidate sets, the 256 or 4,096
+    tokens nearest the entropy, when those already hold typical_p: the cut is then the distance
+    d of the first candidate whose cumulative mass reaches typical_p, and every token of the
+    vocabulary within d is kept (transformers' rule, ties at d included). Rows whose cumulative
+    mass lies within TopP.TOLERANCE of typical_p at some candidate take the full sort."""
 
     def __init__(self, mass: float, min_tokens_to_keep: int = 1):
         if not _is_number(mass) or not 0 < mass <= 1:
@@ -196,6 +202,29 @@ class Typical(LogitsProcessor):
         logp = logits.log_softmax(dim=-1)
         entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)
         distance = (-logp - entropy).abs()  # |surprisal - entropy|
+        if logits.device.type != "cpu" or self.min_keep != 1 or logits.shape[-1] <= 2 * TopP.CANDIDATES[0]:
+            return self._sorted(logits, distance)
+        out = logits.clone()
+        probs = logp.exp()
+        pending = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+        for k in TopP.CANDIDATES:
+            if k >= logits.shape[-1]:
+                break
+            rows = pending.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            near, idx = distance[rows].topk(k, dim=-1, largest=False)  # (R, k), nearest first
+            mass = probs[rows].gather(1, idx).double().cumsum(dim=-1)
+            last = (mass < self.mass).sum(dim=-1, keepdim=True)  # first candidate reaching the mass
+            decided = (last.squeeze(1) < k) & ((mass - self.mass).abs() > TopP.TOLERANCE).all(dim=-1)
+            rows, cut = rows[decided], near.gather(1, last.clamp(max=k - 1))[decided]  # (R', 1)
+            out[rows] = logits[rows].masked_fill(distance[rows] > cut, NEG_INF)
+            pending[rows] = False
+        if pending.any():
+            out[pending] = self._sorted(logits[pending], distance[pending])
+        return out
+
+    def _sorted(self, logits: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         sorted_distance, order = torch.sort(distance, descending=False)
         mass = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
         last = (mass < self.mass).sum(dim=1).clamp(max=logits.shape[-1] - 1)
