@@ -78,6 +78,21 @@ def test_kv_cache_select_reorders_rows_reusing_the_shared_prefix():
     assert torch.equal(cache.k[:, :, :, : cache.length], expect_k[:, [3, 0]])
 
 
+def test_one_row_decoding_logits_follow_the_weights_and_equal_a_wider_batchs():
+    """Decoding one sample multiplies by a cached (C, V) copy of the tied weight: its logits
+    equal the same row's in a batch of two, and follow an in-place change of the weight."""
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    x = torch.randint(0, 37, (2, 6))
+    with torch.no_grad():
+        one = model(x[:1], last_only=True)[0]
+        torch.testing.assert_close(one, model(x, last_only=True)[0][:1], atol=1e-5, rtol=1e-5)
+        model.transformer.wte.weight.mul_(2.0)
+        moved = model(x[:1], last_only=True)[0]
+        torch.testing.assert_close(moved, model(x, last_only=True)[0][:1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(one, moved)
+
+
 def test_matches_transformers_gpt2(tmp_path):
     """Same weights in GPT2LMHeadModel give the same logits (names map one to one)."""
     pytest.importorskip("transformers")
