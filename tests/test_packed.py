@@ -14,7 +14,7 @@ from conftest import TINY, cli, compose, run_cli
 BASE = [o for o in TINY if not o.startswith(("train.max_iters", "train.eval_interval", "train.eval_iters",
                                              "train.batch_size"))] + [
     "train.max_iters=4", "train.eval_interval=2", "train.eval_iters=2", "train.batch_size=4",
-    "train.final_eval_tokens=512", "sample_after_train=false", "train.device=cpu",
+    "train.final_eval_tokens=512", "sample_after_train=false", "train.device=cpu", "train.log_interval=1",
 ]
 # dropout off; every site, locked sites and all variants; a schedule that switches dropout off
 VARIANTS = [
@@ -66,6 +66,11 @@ def test_packed_runs_equal_separate_runs_with_dropout_off_and_on(tmp_path, monke
             for key in ("train_loss", "val_loss", "lr", "dropout_factor"):
                 assert p[key] == pytest.approx(a[key], abs=2e-5), (i, p["step"], key)
             assert p["dropout"] == a["dropout"]
+        # the batch-loss curve: every step once, though the pack was interrupted after step 2
+        p_curve = [json.loads(x) for x in (tmp_path / f"packed{i}" / "train_curve.jsonl").read_text().splitlines()]
+        a_curve = [json.loads(x) for x in (tmp_path / f"alone{i}" / "train_curve.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in p_curve] == [r["step"] for r in a_curve] == [1, 2, 3, 4]
+        assert [r["loss"] for r in p_curve] == pytest.approx([r["loss"] for r in a_curve], abs=2e-5)
         for which in ("best", "last"):
             folder = tmp_path / f"packed{i}" / "checkpoints" / which
             for name in ("model.safetensors", "config.json", "tokenizer.json", "state.safetensors", "state.json"):

@@ -479,6 +479,8 @@ def train_packed(members: list[Member]) -> None:
                                         m.tr.base_rates.scaled(factor).rates())
         if done % t.log_interval == 0 or done == t.max_iters:  # training.Progress's plain lines
             for m, value, lr in zip(pack.members, values, step_lrs):
+                m.run.append_train_point({"step": done, "loss": value, "lr": lr,  # as training.train writes it
+                                          "tokens_per_sec": m.tr.state.tokens_seen / m.tr.state.train_seconds})
                 with speaking_for(m.run):
                     log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s  (%s)", done, t.max_iters, value, lr,
                              f"{m.tr.state.tokens_seen / m.tr.state.train_seconds:,.0f}", m.run.path.name)
