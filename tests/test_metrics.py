@@ -221,6 +221,19 @@ def test_weighted_statistics_equal_recomputing_on_the_resampled_samples():
         assert lit.zipf(c, W)[0] == pytest.approx(metrics.zipf_coefficient(drawn))
 
 
+def test_mauve_keeps_faiss_native_warnings_off_the_terminal(capfd):
+    pytest.importorskip("mauve")
+    import sys
+
+    from dropsample.metrics import mauve
+
+    rng = np.random.default_rng(0)
+    mauve.compute(rng.normal(size=(50, 16)), rng.normal(size=(50, 16)))  # 100 points, 5 centroids
+    print("after", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "clustering" not in err and "after" in err  # silenced inside, file descriptor 2 restored
+
+
 def test_mauve_is_near_one_for_one_distribution_and_low_for_disjoint_ones():
     pytest.importorskip("mauve")
     from dropsample.metrics import mauve

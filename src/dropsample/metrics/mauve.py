@@ -8,7 +8,10 @@ authors ("auto": N / 10), and the frontier integral (Liu et al. 2021) is recorde
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 
 import numpy as np
 
@@ -55,7 +58,24 @@ def compute(p_features: np.ndarray, q_features: np.ndarray, *, num_buckets: int 
     import mauve
 
     buckets = buckets_for(len(p_features), len(q_features), num_buckets)
-    out = mauve.compute_mauve(p_features=np.asarray(p_features, dtype=np.float32),
-                              q_features=np.asarray(q_features, dtype=np.float32),
-                              num_buckets=buckets, seed=seed, verbose=False)
+    with _native_stderr_silenced():
+        out = mauve.compute_mauve(p_features=np.asarray(p_features, dtype=np.float32),
+                                  q_features=np.asarray(q_features, dtype=np.float32),
+                                  num_buckets=buckets, seed=seed, verbose=False)
     return {"mauve": float(out.mauve), "frontier_integral": float(out.frontier_integral), "num_buckets": buckets}
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """faiss's k-means writes "WARNING clustering N points to K centroids" from C++ straight to
+    file descriptor 2 (verbose=False does not reach it), in the middle of the progress display;
+    `warning` above already says when there are too few samples. Python exceptions still rise."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
