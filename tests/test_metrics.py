@@ -249,6 +249,16 @@ def test_mauve_is_near_one_for_one_distribution_and_low_for_disjoint_ones():
     assert mauve.warning(300) and mauve.warning(5000) is None
 
 
+def test_a_fractions_normal_interval_stays_within_zero_and_one():
+    from dropsample.metrics.bootstrap import normal_interval
+
+    # distinct-1 of 0.98 with a bootstrap SE of 0.05: 0.98 + 1.96 * 0.05 would pass 1
+    reps = [0.93, 1.0, 0.98, 0.90, 1.0, 1.0, 0.95, 1.0]
+    low, high = normal_interval(0.98, reps, (0.0, 1.0))
+    assert high == 1.0 and low == pytest.approx(0.98 - 1.959964 * np.std(reps, ddof=1))
+    assert normal_interval(0.98, reps)[1] > 1.0  # unbounded by default
+
+
 def test_registry_names_are_unique_and_families_known():
     names = [m.name for m in registry.METRICS]
     assert len(names) == len(set(names))

@@ -39,13 +39,15 @@ def percentile_interval(replicates: np.ndarray) -> tuple[float | None, float | N
     return float(lo), float(hi)
 
 
-def normal_interval(value: float | None, replicates: list[float]) -> tuple[float | None, float | None]:
-    """value -+ 1.96 bootstrap standard errors (for metrics too slow for many replicates)."""
+def normal_interval(value: float | None, replicates: list[float],
+                    bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float | None, float | None]:
+    """value -+ 1.96 bootstrap standard errors (for metrics too slow for many replicates),
+    cut to the metric's range `bounds` (a fraction's interval never passes 0 or 1)."""
     finite = [r for r in replicates if r is not None and math.isfinite(r)]
     if value is None or not math.isfinite(value) or len(finite) < 2:
         return None, None
     half = 1.959964 * float(np.std(finite, ddof=1))
-    return value - half, value + half
+    return max(value - half, bounds[0]), min(value + half, bounds[1])
 
 
 def entry(value, low=None, high=None) -> dict:

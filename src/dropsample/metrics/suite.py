@@ -9,6 +9,7 @@ suffix are on words, `_token` names on model tokens (registry.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -95,14 +96,16 @@ def measure(s: TextSet, resampler: Resampler, *, ref_features: np.ndarray | None
         values = np.asarray(f(np.vstack([lit.ones(N), reps]) if boot else lit.ones(N)), dtype=float)
         low, high = None, None
         if boot:
-            low, high = normal_interval(values[0], values[1:].tolist()) if corpus else percentile_interval(values[1:])
+            bounds = (0.0, 1.0) if name.startswith("distinct_") else (0.0, math.inf)  # fractions; Zipf's s > 0
+            low, high = (normal_interval(values[0], values[1:].tolist(), bounds) if corpus
+                         else percentile_interval(values[1:]))
         out[name] = entry(values[0], low, high)
 
     value = lit.compression_ratio(s.texts)
     low = high = None
     if boot and value is not None:
         reps = [lit.compression_ratio([s.texts[i] for i in row]) for row in resampler.idx[:COMPRESSION_REPLICATES]]
-        low, high = normal_interval(value, reps)
+        low, high = normal_interval(value, reps, (0.0, math.inf))
     out["compression_ratio"] = entry(value, low, high)
 
     if s.features is not None and ref_features is not None:
