@@ -24,7 +24,8 @@ def test_gpu_benchmark_runs_in_its_reduced_cpu_form():
     # every sampler of generate_speed at both batch sizes, each with a ratio against transformers
     rows = re.findall(r"^\| (\w[\w.]*) \| (\d+) \| [\d,]+ \| [\d,]+ \| ([\d.]+)x \|$", out, re.M)
     assert {(name, batch) for name, batch, _ in rows} == {
-        (s, b) for s in ("greedy", "pure", "top_k_40", "top_p_0.9", "beam_4") for b in ("1", "2")}
+        (s, b) for s in ("greedy", "pure", "top_k_40", "top_p_0.9", "min_p_0.1", "typical_0.95", "beam_4")
+        for b in ("1", "2")}
     assert "| 2 packed |" in out and "| 2 one after another |" in out
 
 
