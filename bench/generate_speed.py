@@ -72,6 +72,14 @@ def main():
     print(f"| sampler | batch | dropsample tok/s | transformers tok/s | ratio |  ({args.preset}, vocab {args.vocab}, prompt {args.prompt}, "
           f"{args.new} new tokens)")
     print("|---|---|---|---|---|")
+    # the process's first generations run slower (allocator, page faults on fresh weights and
+    # caches): warm both sides up at every batch size before any timing
+    for B in args.batches:
+        warm = torch.zeros((B, args.prompt), dtype=torch.long)
+        generate(model, Sampler("greedy", sampler_settings({"strategy": "greedy"})), Request(warm, args.new, [0] * B))
+        with torch.no_grad():
+            peer.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=args.new, do_sample=False,
+                          pad_token_id=0)
     for name in args.samplers:
         settings, hf_kwargs = SAMPLERS[name]
         for B in args.batches:
