@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, cli
+from conftest import TINY, cli, run_cli
 from dropsample import checkpoint
 
 
@@ -107,3 +107,12 @@ def test_help_points_to_config_groups(tmp_path):
     result = cli("train", "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "model=tiny|baby|shakespeare|gpt2" in result.stdout and "dropout.rate" in result.stdout
+
+
+def test_printing_a_sweeps_config_is_refused_in_one_line(tmp_path):
+    result = run_cli("train", "-m", "dropout.rate=0,0.1", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: --cfg prints one run's config or Hydra's settings and cannot go with -m; drop -m (and give each "
+        "swept key one value) to see a job's config"]
+    assert not list(tmp_path.iterdir())  # nothing written

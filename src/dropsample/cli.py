@@ -188,6 +188,10 @@ def train(
     from dropsample import distributed
 
     overrides = normalize(list(ctx.args))
+    hydra_flags = [a for a in overrides if a in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
+    if multirun and hydra_flags:  # Hydra itself would raise a ValueError traceback
+        _fail(UserError(f"{hydra_flags[0]} prints one run's config or Hydra's settings and cannot go with -m; "
+                        f"drop -m (and give each swept key one value) to see a job's config"))
     try:
         launch = distributed.launch()  # torchrun's environment: one run on launch.world_size processes
     except UserError as err:
