@@ -74,7 +74,7 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from dropsample import distributed, tune
-    from dropsample.config import hydra_context, validate
+    from dropsample.config import hydra_context, job_config, validate
     from dropsample.loggers import check_installed
     from dropsample.sweep import expand_jobs
 
@@ -82,7 +82,8 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
         with hydra_context():
             parsed = OverridesParser.create().parse_overrides(overrides)
             first = [o.input_line for o in parsed if not o.is_sweep_override()]
-            hydra_cfg = compose("config", overrides=first, return_hydra_config=True).hydra
+            composed = compose("config", overrides=first, return_hydra_config=True)
+            hydra_cfg = composed.hydra
             study = multirun and tune.is_optuna(hydra_cfg)
             if study:
                 jobs = tune.trial_jobs(hydra_cfg.sweeper.get("params"), overrides)
@@ -97,7 +98,8 @@ def preflight(overrides: list[str], multirun: bool) -> Preflight:
             planned = _launcher_processes(hydra_cfg) if multirun else None
             checked = []
             for job in jobs:
-                cfg = validate(compose("config", overrides=job))
+                # a single run's job is the composition above (first == overrides: no sweeps)
+                cfg = validate(compose("config", overrides=job) if multirun else job_config(composed))
                 check_installed(cfg.logger)
                 tune.check(cfg)
                 distributed.check(cfg.train.ddp, cfg.train.device, sweep=multirun, planned=planned)

@@ -62,6 +62,13 @@ def compose(overrides: list[str], *, hydra_config: bool = False) -> DictConfig:
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
+def job_config(composed: DictConfig) -> DictConfig:
+    """A composition made with return_hydra_config=True, less its `hydra` node: the config
+    compose(..., return_hydra_config=False) gives for the same overrides, without composing again
+    (each composition costs ~0.06 s of start-up)."""
+    return OmegaConf.masked_copy(composed, [key for key in composed if key != "hydra"])
+
+
 # ---------------------------------------------------------------------------
 # Validation
 
@@ -99,8 +106,10 @@ def typed(raw, cls=Config, prefix: str = ""):
         raw = OmegaConf.to_container(raw, resolve=True)
     raw = dict(raw or {})
     raw.pop("hydra", None)
-    for key in schema.bool_keys(cls):
-        value = OmegaConf.select(OmegaConf.create(raw), key, default=None)
+    bools = schema.bool_keys(cls)
+    view = OmegaConf.create(raw) if bools else None  # once, not per key: validate() runs on every start-up
+    for key in bools:
+        value = OmegaConf.select(view, key, default=None)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(prefix + key, f"got {value!r}; use true or false")
     try:
