@@ -3,14 +3,17 @@
     python bench/startup.py                      # the default command (baby preset), 5 runs, token cache warm
     python bench/startup.py --cold               # each run tokenizes afresh (empty token cache)
     python bench/startup.py --repeats 3 -- model=tiny dropout.rate=0   # any overrides after --
+    python bench/startup.py --src /tmp/old/src   # another version's sources (git archive COMMIT src conf)
 
 Each run is the real CLI (`python -m dropsample train ... hydra.run.dir=<tmp>`) in a fresh
 process. That process is this file in `--child` mode: it stamps the wall clock at the
 boundaries of the phases below by wrapping dropsample's functions as their modules load, adds
 up the time spent importing modules per phase (outermost imports only, like `-X importtime`),
 counts Hydra's config compositions, and exits right after the first optimizer step. The token
-cache is the benchmark's own (DROPSAMPLE_CACHE_DIR in a temporary folder; a warm-up run fills it
-unless --cold), so the user's cache is neither read nor written.
+cache is the benchmark's own (DROPSAMPLE_CACHE_DIR in a temporary folder; an unmeasured warm-up run
+fills it; --cold gives every run an empty one), so the user's cache is neither read nor written.
+So is the bytecode cache (PYTHONPYCACHEPREFIX): modules are compiled once, as for an installed
+command, even where PYTHONDONTWRITEBYTECODE is set (--no-bytecode-cache keeps that setting).
 
 Phases (each ends where the next starts):
     interpreter      launch -> this file's first line (Python's own start-up)
@@ -196,6 +199,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="measured runs (the minimum is reported)")
     parser.add_argument("--cold", action="store_true", help="an empty token cache in every run (tokenize afresh)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (OMP_NUM_THREADS); default: torch's")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="keep PYTHONDONTWRITEBYTECODE if set: every module compiled at every start")
+    parser.add_argument("--src", type=Path, default=REPO / "src",
+                        help="the dropsample sources to start (default: this checkout's src/); e.g. an older "
+                             "commit's, from `git archive COMMIT src conf | tar -x -C DIR`, for before/after")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides after --, e.g. -- model=tiny")
     args = parser.parse_args()
@@ -207,20 +215,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dropsample-startup-") as tmp:
         work = Path(tmp)
         env = {**os.environ, "DROPSAMPLE_CACHE_DIR": str(work / "cache")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+        if not args.no_bytecode_cache:
+            # as an installed command starts: modules compiled once (by the warm-up run), then read
+            # from their cached bytecode, here kept out of the repository
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.src.resolve()), env.get("PYTHONPATH")]))
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
         runs = []
-        for index in range(args.repeats + (0 if args.cold else 1)):
+        for index in range(args.repeats + 1):
             if args.cold:
                 env["DROPSAMPLE_CACHE_DIR"] = str(work / f"cache{index}")
             run = one_run(args.overrides, env, work, index)
-            if args.cold or index > 0:  # without --cold the first run fills the cache: not measured
+            if index > 0:  # the first run fills the caches (tokens, bytecode): not measured
                 runs.append(run)
     fastest = min(runs, key=lambda r: r["total"])
-    print(f"# start-up of `dropsample train {' '.join(args.overrides)}` to its first optimizer step")
+    print(f"# start-up of `dropsample train {' '.join(args.overrides)}` to its first optimizer step ({args.src})")
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads or torch.get_num_threads()} threads; "
-          f"token cache {fastest['cache']}; {len(runs)} runs; Hydra compositions per run: "
+          f"token cache {fastest['cache']}; bytecode cache "
+          f"{'off' if args.no_bytecode_cache and os.environ.get('PYTHONDONTWRITEBYTECODE') else 'on'}; "
+          f"{len(runs)} runs; Hydra compositions per run: "
           f"{len(fastest['compositions'])} ({', '.join(f'{s:.2f}' for s in fastest['compositions'])} s)")
     print()
     print("| phase | min s | fastest run s | of which imports s | slowest imports (fastest run) |")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import fields
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -100,6 +101,13 @@ def _owner(cls, key: str):
     return cls
 
 
+@lru_cache(maxsize=None)
+def _schema_node(cls):
+    """A schema class as an OmegaConf node, built once per process: OmegaConf.merge copies its
+    first argument, so every merge starts from an untouched one."""
+    return OmegaConf.structured(cls)
+
+
 def typed(raw, cls=Config, prefix: str = ""):
     """Merge plain config data onto the schema class: unknown keys and wrong types fail here."""
     if OmegaConf.is_config(raw):
@@ -113,7 +121,7 @@ def typed(raw, cls=Config, prefix: str = ""):
         if value is not None and not isinstance(value, bool):
             raise ConfigError(prefix + key, f"got {value!r}; use true or false")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), raw)
+        merged = OmegaConf.merge(_schema_node(cls), raw)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as exc:
         key = prefix + (exc.full_key or str(exc).split("'")[1])
