@@ -8,8 +8,9 @@
 Each run is the real CLI (`python -m dropsample train ... hydra.run.dir=<tmp>`) in a fresh
 process. That process is this file in `--child` mode: it stamps the wall clock at the
 boundaries of the phases below by wrapping dropsample's functions as their modules load, adds
-up the time spent importing modules per phase (outermost imports only, like `-X importtime`),
-counts Hydra's config compositions, and exits right after the first optimizer step. The token
+up the time spent importing modules per phase (outermost imports only, like `-X importtime`)
+and in Python's garbage collector, counts Hydra's config compositions, and exits right after
+the first optimizer step. The token
 cache is the benchmark's own (DROPSAMPLE_CACHE_DIR in a temporary folder; an unmeasured warm-up run
 fills it; --cold gives every run an empty one), so the user's cache is neither read nor written.
 So is the bytecode cache (PYTHONPYCACHEPREFIX): modules are compiled once, as for an installed
@@ -57,6 +58,7 @@ PHASES = ("interpreter", "cli", "preflight", "hydra.main", "job set-up", "data",
 def child(stamp_file: str, argv: list[str]) -> None:
     """Run `dropsample train ARGV`, stamping phase boundaries; exit after the first optimizer step."""
     import functools
+    import gc
     import importlib.abc
     import importlib.machinery as machinery
     import runpy
@@ -66,6 +68,8 @@ def child(stamp_file: str, argv: list[str]) -> None:
     imports: dict[str, float] = {}  # phase -> seconds in outermost imports
     slowest: dict[str, list] = {}  # phase -> [(seconds, module)] of its outermost imports
     compositions = []  # seconds of each Hydra config composition
+    collecting: dict[str, float] = {}  # phase -> seconds in Python's cyclic garbage collector
+    gc_started = [0.0]
     depth = [0]
     FILE_LOADERS = (machinery.SourceFileLoader, machinery.SourcelessFileLoader, machinery.ExtensionFileLoader)
 
@@ -96,6 +100,7 @@ def child(stamp_file: str, argv: list[str]) -> None:
     def finish(*_args, **_kwargs) -> None:
         mark("end")
         Path(stamp_file).write_text(json.dumps({"marks": marks, "imports": imports, "compositions": compositions,
+                                                "gc": collecting,
                                                 "slowest": {p: sorted(v, reverse=True)[:4]
                                                             for p, v in slowest.items()}}))
         sys.stdout.flush()
@@ -164,6 +169,13 @@ def child(stamp_file: str, argv: list[str]) -> None:
             loader.exec_module, loader._stamped = exec_module, True
             return spec
 
+    def on_gc(stage: str, _info: dict) -> None:
+        if stage == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            collecting[phase()] = collecting.get(phase(), 0.0) + time.perf_counter() - gc_started[0]
+
+    gc.callbacks.append(on_gc)
     sys.meta_path.insert(0, Stamper())
     mark("cli")
     sys.argv = ["dropsample", "train", *argv]
@@ -190,7 +202,7 @@ def one_run(overrides: list[str], env: dict, work: Path, index: int) -> dict:
         seconds[name] = seconds.get(name, 0.0) + end - start
     seconds["interpreter"] = data["marks"][0][1] - launched
     return {"seconds": seconds, "total": marks[-1][1] - launched, "imports": data["imports"],
-            "compositions": data["compositions"], "slowest": data["slowest"],
+            "compositions": data["compositions"], "slowest": data["slowest"], "gc": data["gc"],
             "cache": "hit" if "from cache" in result.stdout + result.stderr else "miss"}
 
 
@@ -238,8 +250,8 @@ def main() -> None:
           f"{len(runs)} runs; Hydra compositions per run: "
           f"{len(fastest['compositions'])} ({', '.join(f'{s:.2f}' for s in fastest['compositions'])} s)")
     print()
-    print("| phase | min s | fastest run s | of which imports s | slowest imports (fastest run) |")
-    print("|---|---|---|---|---|")
+    print("| phase | min s | fastest run s | of which imports s | of which GC s | slowest imports (fastest run) |")
+    print("|---|---|---|---|---|---|")
     for name in PHASES:
         if not any(name in r["seconds"] for r in runs):
             continue
@@ -247,10 +259,10 @@ def main() -> None:
         here = fastest["seconds"].get(name, 0.0)
         imp = fastest["imports"].get(name, 0.0)
         top = ", ".join(f"{mod} {s:.2f}" for s, mod in fastest["slowest"].get(name, []) if s >= 0.01)
-        print(f"| {name} | {best:.3f} | {here:.3f} | {imp:.3f} | {top} |")
+        print(f"| {name} | {best:.3f} | {here:.3f} | {imp:.3f} | {fastest['gc'].get(name, 0.0):.3f} | {top} |")
     totals = sorted(r["total"] for r in runs)
     print(f"| **total** | | **{totals[0]:.3f}** | {sum(fastest['imports'].values()):.3f} | "
-          f"runs: {', '.join(f'{t:.2f}' for t in totals)} |")
+          f"{sum(fastest['gc'].values()):.3f} | runs: {', '.join(f'{t:.2f}' for t in totals)} |")
 
 
 if __name__ == "__main__":

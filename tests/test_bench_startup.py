@@ -31,7 +31,7 @@ def test_startup_benchmark_accounts_for_every_phase(tmp_path):
     # a single run's config is composed by the CLI's preflight once and by hydra.main twice
     # (its mode, then the job): a second preflight composition would show here
     assert re.search(r"Hydra compositions per run: 3 \(", out), out
-    rows = dict(re.findall(r"^\| ([\w.\- ]+?) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \|", out, re.M))
+    rows = dict(re.findall(r"^\| ([\w.\- ]+?) \| ([\d.]+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out, re.M))
     assert tuple(rows) == phases()
     total = float(re.search(r"^\| \*\*total\*\* \| \| \*\*([\d.]+)\*\* \|", out, re.M).group(1))
     assert total > 0 and all(float(s) >= 0 for s in rows.values())
