@@ -10,9 +10,9 @@ process. That process is this file in `--child` mode: it stamps the wall clock a
 boundaries of the phases below by wrapping dropsample's functions as their modules load, adds
 up the time spent importing modules per phase (outermost imports only, like `-X importtime`)
 and in Python's garbage collector, counts Hydra's config compositions, and exits right after
-the first optimizer step. The token
-cache is the benchmark's own (DROPSAMPLE_CACHE_DIR in a temporary folder; an unmeasured warm-up run
-fills it; --cold gives every run an empty one), so the user's cache is neither read nor written.
+the first optimizer step. The token cache is the benchmark's own (DROPSAMPLE_CACHE_DIR in a
+temporary folder; an unmeasured warm-up run fills it; --cold gives every run an empty one), so
+the user's cache is neither read nor written.
 So is the bytecode cache (PYTHONPYCACHEPREFIX): modules are compiled once, as for an installed
 command, even where PYTHONDONTWRITEBYTECODE is set (--no-bytecode-cache keeps that setting).
 
