@@ -57,3 +57,24 @@ def test_cli_bad_input_one_line_exit_2_no_folder(tmp_path):
     result = cli("train", *TINY, "gen.max_new_tokens=200000", cwd=tmp_path)
     assert result.returncode == 2 and "does not fit the val split" in result.stderr
     assert not list(tmp_path.glob("runs/*/*")), "no run folder may be left behind"
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["model=shakespeare", "dropout.rate=0.2", "train.max_iters=30"],
+    ["experiment=early_dropout", "model=tiny", "logger=[tensorboard,csv]"],
+    ["experiment=finetune_shakespeare", "samplers=[greedy,{base:top_p_0.9,temperature:0.7}]"],
+    ["data=wikitext2", "dropout=everywhere", "runs_root=elsewhere", "name=x${seed}"],
+])
+def test_a_single_run_is_validated_from_the_one_composition_preflight_makes(overrides):
+    # preflight composes once (with the hydra node, for the run folder) and validates that
+    # composition less its hydra node: it must be the config a composition without hydra gives
+    from omegaconf import OmegaConf
+
+    from dropsample.config import compose, job_config, validate
+
+    once = job_config(compose(overrides, hydra_config=True))
+    again = compose(overrides)
+    assert "hydra" not in once
+    assert OmegaConf.to_container(once, resolve=True) == OmegaConf.to_container(again, resolve=True)
+    assert validate(once) == validate(again)

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -300,3 +302,31 @@ def test_folders_without_data_files_are_one_line(tmp_path):
         data.prepare(text_cfg(empty, tmp_path), log=lambda *a: None)
     with pytest.raises(DataError, match=r"^data.path: .*nowhere does not exist"):
         data.prepare(text_cfg(tmp_path / "nowhere", tmp_path), log=lambda *a: None)
+
+
+def test_a_local_text_file_reads_as_datasets_reads_it_without_importing_datasets(tmp_path):
+    # CRLF, a lone CR, a byte-order mark mid-text, a blank last line: datasets' text builder
+    # (sample_by=document) opens the file in text mode, UTF-8, universal newlines
+    f = tmp_path / "mixed.txt"
+    f.write_bytes(b"to be\r\nor not\rto be\n\xef\xbb\xbfthat is\r\n\r\n" * 40)
+    cfg = text_cfg(f, tmp_path)
+    plain = sources.resolve(cfg, tmp_path, log=lambda *a: None)
+    through_datasets = sources.resolve(cfg, tmp_path, log=lambda *a: None)
+    through_datasets._plain_text = lambda: False
+    assert plain._plain_text()
+    docs = plain.documents("train", cfg)
+    assert docs == through_datasets.documents("train", cfg)
+    assert docs == (["to be\nor not\nto be\n\ufeffthat is\n\n" * 40], False)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\n\xff\xfe not UTF-8\n")
+    source = sources.resolve(text_cfg(bad, tmp_path), tmp_path, log=lambda *a: None)
+    with pytest.raises(DataError, match=r"^data.path: cannot read split 'train' of .*bad.txt \(UnicodeDecodeError"):
+        source.documents("train", cfg)
+    # tokenizing it afresh (a first run's token cache miss) never imports datasets (~0.7 s)
+    code = ("import sys; from dropsample import data; from tests_text_cfg import cfg; "
+            "data.prepare(cfg, log=lambda *a: None); print('datasets' in sys.modules)")
+    (tmp_path / "tests_text_cfg.py").write_text(
+        f"from dropsample.schema import DataConfig\ncfg = DataConfig(**{dataclasses.asdict(cfg)!r})\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

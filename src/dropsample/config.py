@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import fields
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def compose(overrides: list[str], *, hydra_config: bool = False) -> DictConfig:
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
+def job_config(composed: DictConfig) -> DictConfig:
+    """A composition made with return_hydra_config=True, less its `hydra` node: the config
+    compose(..., return_hydra_config=False) gives for the same overrides, without composing again
+    (each composition costs ~0.06 s of start-up)."""
+    return OmegaConf.masked_copy(composed, [key for key in composed if key != "hydra"])
+
+
 # ---------------------------------------------------------------------------
 # Validation
 
@@ -93,18 +101,27 @@ def _owner(cls, key: str):
     return cls
 
 
+@lru_cache(maxsize=None)
+def _schema_node(cls):
+    """A schema class as an OmegaConf node, built once per process: OmegaConf.merge copies its
+    first argument, so every merge starts from an untouched one."""
+    return OmegaConf.structured(cls)
+
+
 def typed(raw, cls=Config, prefix: str = ""):
     """Merge plain config data onto the schema class: unknown keys and wrong types fail here."""
     if OmegaConf.is_config(raw):
         raw = OmegaConf.to_container(raw, resolve=True)
     raw = dict(raw or {})
     raw.pop("hydra", None)
-    for key in schema.bool_keys(cls):
-        value = OmegaConf.select(OmegaConf.create(raw), key, default=None)
+    bools = schema.bool_keys(cls)
+    view = OmegaConf.create(raw) if bools else None  # once, not per key: validate() runs on every start-up
+    for key in bools:
+        value = OmegaConf.select(view, key, default=None)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(prefix + key, f"got {value!r}; use true or false")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), raw)
+        merged = OmegaConf.merge(_schema_node(cls), raw)
         return OmegaConf.to_object(merged)
     except ConfigKeyError as exc:
         key = prefix + (exc.full_key or str(exc).split("'")[1])

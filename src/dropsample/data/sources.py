@@ -14,7 +14,8 @@ The first source that applies is read:
     data.url                                downloaded once into the cache (download.py)
     data.name                               an existing local file or folder, else a hub id
 
-All of them end in `datasets.load_dataset`: local files through the builder their extension
+All of them end in `datasets.load_dataset` (local uncompressed text files: in open(), as its
+text builder would read them): local files through the builder their extension
 names (text files are read whole, one document per file), a folder's files assigned to
 splits by datasets' own file-name rules (train*, valid*/validation*/val*/dev*, test*), a hub
 dataset by id, config and resolved commit. The identity (files: path, size and mtime, as
@@ -125,8 +126,27 @@ class Source:
             raise DataError(f"{self._key}: cannot open {self.dataset} ({_why(exc)}){hint}") from None
         return self._splits
 
+    def _plain_text(self) -> bool:
+        """Local uncompressed text files, streamed: read with open() exactly as datasets' text builder
+        reads them (whole, UTF-8, universal newlines), without importing datasets (~0.7 s of start-up)."""
+        return self.builder == "text" and self.streaming and self.data_files is not None and all(
+            not f.lower().endswith(COMPRESSION) and Path(f).is_file() for fs in self.data_files.values() for f in fs)
+
+    def _rows(self, split: str) -> Iterator[dict]:
+        if not self._plain_text():
+            return iter(self._load()[split])
+        files = self.data_files[split]
+
+        def read() -> Iterator[dict]:
+            for name in files:
+                # what datasets' text builder does with sample_by="document": one row per file
+                with open(name, encoding="utf-8") as f:
+                    yield {"text": f.read()}
+
+        return read()
+
     def _texts(self, split: str, column: str) -> Iterator[str]:
-        rows = iter(self._load()[split])
+        rows = self._rows(split)
         label = f"split {split!r} of {self.dataset}"
         try:
             first = next(rows)
