@@ -294,7 +294,8 @@ def sample(
     Overrides: samplers=[greedy,top_k_40,{base: top_p_0.9, temperature: 0.7}] gen.num_samples=200
     gen.max_new_tokens=256 gen.checkpoint=last gen.mc_dropout=true ...
     """
-    from dropsample.sample import sample_command
+    with _frozen_imports():
+        from dropsample.sample import sample_command
 
     try:
         sample_command(run_dir, list(ctx.args), name=name, prompt=prompt)
@@ -310,7 +311,8 @@ def evaluate(
     batches: int = typer.Option(0, "--batches", help="Evaluate on this many batches (0 = the whole split)."),
 ) -> None:
     """Loss, perplexity and bits per character on val (and test) for a checkpoint."""
-    from dropsample.evaluation import eval_command
+    with _frozen_imports():
+        from dropsample.evaluation import eval_command
 
     try:
         eval_command(run_dir, checkpoint, mc_samples=mc_samples, max_batches=batches)
@@ -326,7 +328,8 @@ def export(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
 ) -> None:
     """Export a checkpoint for other tools."""
-    from dropsample.export import export_hf
+    with _frozen_imports():
+        from dropsample.export import export_hf
 
     try:
         if format != "hf":
