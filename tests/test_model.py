@@ -91,6 +91,9 @@ def test_one_row_decoding_logits_follow_the_weights_and_equal_a_wider_batchs():
         moved = model(x[:1], last_only=True)[0]
         torch.testing.assert_close(moved, model(x, last_only=True)[0][:1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(one, moved)
+    with torch.inference_mode():  # a model built in inference mode (weights without a version counter)
+        frozen = GPT(tiny()).eval()
+        assert frozen(x[:1], last_only=True)[0].shape == (1, 1, 37)
 
 
 def test_matches_transformers_gpt2(tmp_path):

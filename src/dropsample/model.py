@@ -271,8 +271,8 @@ class GPT(nn.Module):
         (V, C) weight is 3-4x slower at a BPE vocabulary (2.7 ms vs 0.6 ms at 50,257 x 128), and
         the copy gives the bits a wider batch gets. The copy is remade when the weight changes."""
         w = self.lm_head.weight
-        if x.shape[0] * x.shape[1] != 1 or x.device.type != "cpu" or torch.is_grad_enabled():
-            return self.lm_head(x)
+        if x.shape[0] * x.shape[1] != 1 or x.device.type != "cpu" or torch.is_grad_enabled() or w.is_inference():
+            return self.lm_head(x)  # (an inference-mode weight has no version counter to key the copy on)
         key = (w.data_ptr(), w._version, w.shape)
         if self._head_t is None or self._head_t[0] != key:
             self._head_t = (key, w.detach().t().contiguous())  # (C, V)
