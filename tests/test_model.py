@@ -46,6 +46,12 @@ def test_kv_cache_gives_the_same_logits_as_full_recompute():
     rest = [model(x[:, t : t + 1], cache=cache)[0] for t in range(5, 12)]
     stepwise = torch.cat([first] + rest, dim=1)
     torch.testing.assert_close(stepwise, full, atol=1e-5, rtol=1e-5)
+    # a wide batch (64 rows x 2 heads) decodes one query with two matmuls instead of the fused kernel
+    wide = torch.randint(0, 37, (64, 12))
+    cache = KVCache(model.config, 64, "cpu")
+    model(wide[:, :5], cache=cache)
+    last = [model(wide[:, t : t + 1], cache=cache)[0] for t in range(5, 12)][-1]
+    torch.testing.assert_close(last, model(wide)[0][:, -1:], atol=1e-5, rtol=1e-5)
     # several new tokens after a cached prefix use the offset causal mask
     cache = KVCache(model.config, 2, "cpu")
     model(x[:, :5], cache=cache)
