@@ -180,8 +180,13 @@ def beam_search(model: GPT, sampler: Sampler, req: Request, use_cache: bool = Tr
     device = req.prompts.device
     N = req.max_new_tokens
     seq = req.prompts.repeat_interleave(K, dim=0)  # (B*K, P)
-    ctx = Context(model, B * K, use_cache)
-    logits, _, _ = ctx.prime(seq)
+    # the K beams of a prompt start identical: run the prompt once and copy its cache and
+    # logits K times (the prompt's forward pass was K times the work)
+    ctx = Context(model, B, use_cache)
+    logits, _, _ = ctx.prime(req.prompts)
+    logits = logits.repeat_interleave(K, dim=0)  # (B*K, V)
+    if ctx.cache is not None:
+        ctx.cache.repeat(K)
     # cache positions every beam of a prompt shares (its prompt) need no reordering, until the
     # window restarts with each beam's own tokens
     shared = ctx.cache.length if ctx.cache is not None else 0
