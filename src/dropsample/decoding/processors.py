@@ -106,21 +106,47 @@ class TopK(LogitsProcessor):
         return logits.masked_fill(logits < kth, NEG_INF)
 
 
+# Top-p and typical on candidate sets (CPU, large vocabularies). transformers sorts the whole
+# vocabulary; on CPU that sort is most of a sampling step at a BPE vocabulary (64 x 50,257
+# logits: 120 ms, against 5 ms for the 256 best). A row whose answer lies among its best
+# CANDIDATES[0], else CANDIDATES[1], candidates is decided there; a row is decided only when no
+# cumulative mass lies within TOLERANCE of the threshold (far beyond the float32 rounding of
+# either computation); the other rows, and every row on other devices, take the sort.
+CANDIDATES = (256, 4096)  # candidate set sizes tried in turn (topk of 4096 still beats a sort)
+TOLERANCE = 1e-6
+
+
+def _candidates_pay(logits: torch.Tensor) -> bool:
+    return logits.device.type == "cpu" and logits.shape[-1] > 2 * CANDIDATES[0]
+
+
+def _on_candidates(logits: torch.Tensor, decide, sort) -> torch.Tensor:
+    """Each row decided on candidate sets of growing size, else by the full sort.
+
+    decide(rows, k) -> (the rows it decided among `rows` (R',), their filtered logits (R', V));
+    sort(mask) -> the filtered logits of the rows in boolean `mask`."""
+    out = logits.clone()
+    pending = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
+    for k in CANDIDATES:
+        rows = pending.nonzero().squeeze(1)
+        if k >= logits.shape[-1] or rows.numel() == 0:
+            break
+        done, filtered = decide(rows, k)
+        out[done] = filtered
+        pending[done] = False
+    if pending.any():
+        out[pending] = sort(pending)
+    return out
+
+
 class TopP(LogitsProcessor):
     """Nucleus: the smallest set of most likely tokens whose probability reaches p.
 
-    transformers sorts the whole vocabulary; on CPU that sort is most of a sampling step at a
-    BPE vocabulary (64 x 50,257 logits: 120 ms, against 5 ms for the 256 best). So rows whose
-    nucleus lies inside their `CANDIDATES` most likely tokens are decided there, exactly: rank r
-    (best first) is kept iff the mass above it is < p, which is the sorted rule (drop where the
-    mass at or below is <= 1 - p) written from the top. A row is decided there only when no
-    rank's mass above lies within `TOLERANCE` of p (far beyond the float32 rounding of either
-    computation) and the boundary falls between two different probabilities (a tie there is
-    broken by the sort's order); other rows, and every row on other devices, take the sort.
+    On candidate sets (see CANDIDATES above): rank r (best first) is kept iff the mass above it
+    is < p, which is the sorted rule (drop where the mass at or below is <= 1 - p) written from
+    the top; a row is decided there only if, besides the tolerance, the boundary falls between
+    two different probabilities (a tie there is broken by the sort's order).
     """
-
-    CANDIDATES = (256, 4096)  # candidate set sizes tried in turn (topk of 4096 still beats a sort)
-    TOLERANCE = 1e-6
 
     def __init__(self, p: float, min_tokens_to_keep: int = 1):
         if not _is_number(p) or not 0 < p <= 1:
@@ -128,35 +154,27 @@ class TopP(LogitsProcessor):
         self.p, self.min_keep = float(p), min_tokens_to_keep
 
     def __call__(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        if logits.device.type != "cpu" or self.p == 1.0 or logits.shape[-1] <= 2 * self.CANDIDATES[0]:
+        if self.p == 1.0 or not _candidates_pay(logits):
             return self._sorted(logits)
-        out = logits.clone()
         probs = logits.softmax(dim=-1)
         best = probs.amax(dim=-1)
-        pending = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)  # rows not decided
-        for k in self.CANDIDATES:
-            if k >= logits.shape[-1]:
-                break
-            # k tokens of at most `best` each cannot reach p: such rows skip this size
-            rows = (pending & (best * k >= self.p)).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
+
+        def decide(rows: torch.Tensor, k: int):
+            rows = rows[best[rows] * k >= self.p]  # k tokens of at most `best` each cannot reach p
             top, idx = probs[rows].topk(k, dim=-1)  # (R, k), best first
             top64 = top.double()
             above = top64.cumsum(dim=-1) - top64  # mass of the strictly better ranks
             keep = above < self.p
             keep[:, : self.min_keep] = True
             last = keep.sum(dim=-1, keepdim=True).clamp(max=k - 1)  # first dropped rank
-            decided = (~keep[:, -1]) & ((above - self.p).abs() > self.TOLERANCE).all(dim=-1)
+            decided = (~keep[:, -1]) & ((above - self.p).abs() > TOLERANCE).all(dim=-1)
             decided &= top.gather(1, last).squeeze(1) != top.gather(1, last - 1).squeeze(1)
             rows = rows[decided]
             drop = torch.ones((rows.numel(), logits.shape[-1]), dtype=torch.bool, device=logits.device)
             drop.scatter_(1, idx[decided], ~keep[decided])
-            out[rows] = logits[rows].masked_fill(drop, NEG_INF)
-            pending[rows] = False
-        if pending.any():
-            out[pending] = self._sorted(logits[pending])
-        return out
+            return rows, logits[rows].masked_fill(drop, NEG_INF)
+
+        return _on_candidates(logits, decide, lambda mask: self._sorted(logits[mask]))
 
     def _sorted(self, logits: torch.Tensor) -> torch.Tensor:
         ascending, order = torch.sort(logits, descending=False)
@@ -187,11 +205,10 @@ class Typical(LogitsProcessor):
     """Locally typical sampling: keep the tokens whose surprisal is closest to the entropy,
     until their mass reaches typical_p (Meister et al. 2023).
 
-    As in TopP, CPU rows at a large vocabulary are decided on candidate sets, the 256 or 4,096
-    tokens nearest the entropy, when those already hold typical_p: the cut is then the distance
-    d of the first candidate whose cumulative mass reaches typical_p, and every token of the
-    vocabulary within d is kept (transformers' rule, ties at d included). Rows whose cumulative
-    mass lies within TopP.TOLERANCE of typical_p at some candidate take the full sort."""
+    On candidate sets (see CANDIDATES above), the tokens nearest the entropy: when they already
+    hold typical_p, the cut is the distance d of the first candidate whose cumulative mass
+    reaches it, and every token of the vocabulary within d is kept (transformers' rule, ties at
+    d included)."""
 
     def __init__(self, mass: float, min_tokens_to_keep: int = 1):
         if not _is_number(mass) or not 0 < mass <= 1:
@@ -202,27 +219,19 @@ class Typical(LogitsProcessor):
         logp = logits.log_softmax(dim=-1)
         entropy = -(logp * logp.exp()).nansum(-1, keepdim=True)
         distance = (-logp - entropy).abs()  # |surprisal - entropy|
-        if logits.device.type != "cpu" or self.min_keep != 1 or logits.shape[-1] <= 2 * TopP.CANDIDATES[0]:
+        if self.min_keep != 1 or not _candidates_pay(logits):
             return self._sorted(logits, distance)
-        out = logits.clone()
         probs = logp.exp()
-        pending = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-        for k in TopP.CANDIDATES:
-            if k >= logits.shape[-1]:
-                break
-            rows = pending.nonzero().squeeze(1)
-            if rows.numel() == 0:
-                break
+
+        def decide(rows: torch.Tensor, k: int):
             near, idx = distance[rows].topk(k, dim=-1, largest=False)  # (R, k), nearest first
             mass = probs[rows].gather(1, idx).double().cumsum(dim=-1)
             last = (mass < self.mass).sum(dim=-1, keepdim=True)  # first candidate reaching the mass
-            decided = (last.squeeze(1) < k) & ((mass - self.mass).abs() > TopP.TOLERANCE).all(dim=-1)
+            decided = (last.squeeze(1) < k) & ((mass - self.mass).abs() > TOLERANCE).all(dim=-1)
             rows, cut = rows[decided], near.gather(1, last.clamp(max=k - 1))[decided]  # (R', 1)
-            out[rows] = logits[rows].masked_fill(distance[rows] > cut, NEG_INF)
-            pending[rows] = False
-        if pending.any():
-            out[pending] = self._sorted(logits[pending], distance[pending])
-        return out
+            return rows, logits[rows].masked_fill(distance[rows] > cut, NEG_INF)
+
+        return _on_candidates(logits, decide, lambda mask: self._sorted(logits[mask], distance[mask]))
 
     def _sorted(self, logits: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         sorted_distance, order = torch.sort(distance, descending=False)
