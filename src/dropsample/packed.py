@@ -479,11 +479,12 @@ def train_packed(members: list[Member]) -> None:
                                         m.tr.base_rates.scaled(factor).rates())
         if done % t.log_interval == 0 or done == t.max_iters:  # training.Progress's plain lines
             for m, value, lr in zip(pack.members, values, step_lrs):
+                speed = m.tr.state.tokens_seen / m.tr.state.train_seconds
                 m.run.append_train_point({"step": done, "loss": value, "lr": lr,  # as training.train writes it
-                                          "tokens_per_sec": m.tr.state.tokens_seen / m.tr.state.train_seconds})
+                                          "tokens_per_sec": speed})
                 with speaking_for(m.run):
                     log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s  (%s)", done, t.max_iters, value, lr,
-                             f"{m.tr.state.tokens_seen / m.tr.state.train_seconds:,.0f}", m.run.path.name)
+                             f"{speed:,.0f}", m.run.path.name)
         _fail_members(pack, {k: ("diverged", f"loss became {v} at step {step}")
                              for k, v in enumerate(values) if not math.isfinite(v)})
         if pack.members and (done % t.eval_interval == 0 or done == t.max_iters):
