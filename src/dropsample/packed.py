@@ -15,7 +15,8 @@ How a pack computes (one optimizer step, K configurations):
                     and in the same order as that configuration draws them alone (dropout.py),
                     then handed to the vmapped forward as multipliers (dropout.mask_source)
     optimizer       AdamW over the stacked tensors with a per-configuration learning rate,
-                    weight decay and gradient clip, step for step torch's single-tensor AdamW
+                    weight decay and gradient clip: the AdamW formula in torch's single-tensor
+                    arithmetic (a lone run's fused kernel rounds differently in the last bits)
     evaluation      one vmapped pass per batch for all K; each configuration's metrics row,
                     checkpoints, schedule and summary then go through training.py as usual
 
@@ -357,7 +358,8 @@ class Pack:
         return losses.detach()
 
     def optimizer_step(self, lrs: list[float]) -> None:
-        """Gradient clip per member, then AdamW as torch's single-tensor AdamW computes it."""
+        """Gradient clip per member, then AdamW as torch's single-tensor AdamW computes it (one
+        stacked update for K learning rates; optim.AdamW's fused kernel takes one rate per call)."""
         K, dev = len(self.members), self.device
         ts = [m.cfg.train for m in self.members]
         grads = {n: self.params[n].grad for n in self.names}
