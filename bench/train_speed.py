@@ -6,6 +6,7 @@ dropout variant relative to no dropout.
 
     python bench/train_speed.py                       # baby and shakespeare, dropout 0 and 0.2
     python bench/train_speed.py --variants            # + the dropout variants
+    python bench/train_speed.py --dtype bfloat16      # both sides under bf16 autocast (train.dtype=bfloat16)
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import torch
 from common import environment, interleaved, interleaved_runs, median_ratio, ours, peer, shape
 
 
-def step_fn(model, x, y, hf: bool):
+def step_fn(model, x, y, hf: bool, dtype: torch.dtype = torch.float32):
     """One optimizer step. Ours: the optimizer `dropsample train` builds (optim.AdamW on CPU);
-    the peer: torch's fused AdamW, its fastest (the default of transformers' Trainer)."""
+    the peer: torch's fused AdamW, its fastest (the default of transformers' Trainer). Any dtype
+    but float32: the forward under autocast, as `dropsample train` runs train.dtype=bfloat16
+    (and transformers' Trainer bf16=True)."""
+    from dropsample.device import autocast
+
     if hf:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     else:
@@ -29,10 +34,11 @@ def step_fn(model, x, y, hf: bool):
     model.train()
 
     def step():
-        if hf:
-            loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
-        else:
-            loss = model(x, y)[1]
+        with autocast(x.device, dtype):
+            if hf:
+                loss = model(input_ids=x, labels=x).loss  # HF shifts labels inside
+            else:
+                loss = model(x, y)[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -55,11 +61,16 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", action="store_true")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: both sides' forward under autocast (on a CPU, fast where it has AVX512-BF16 or AMX)")
     args = ap.parse_args()
-    print(environment())
+    dtype = getattr(torch, args.dtype)
+    print(environment() + f"; {args.dtype}")
+    low = dtype != torch.float32  # then also our float32 step beside it: what the lower precision buys
     print("| preset | batch x context | dropout | dropsample ms/iter | transformers ms/iter | dropsample tok/s | "
-          "transformers tok/s | speed-up (median of rounds ± half range) | dropout cost (ours, vs rate 0) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "transformers tok/s | speed-up (median of rounds ± half range) | dropout cost (ours, vs rate 0) |"
+          + (f" ours {args.dtype} vs ours float32 |" if low else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if low else ""))
     for preset in args.presets:
         B = args.batch or (32 if preset in ("tiny", "baby") else 8)
         x, y = batch(preset, B)
@@ -68,10 +79,14 @@ def main():
         for rate in args.rates:
             torch.manual_seed(0)
             a, b = ours(preset, rate), peer(preset, rate)
-            sa, sb = step_fn(a, x, y, False), step_fn(b, x, y, True)
+            sa, sb = step_fn(a, x, y, False, dtype), step_fn(b, x, y, True, dtype)
             fns = {"ours": lambda: [sa() for _ in range(args.steps)], "hf": lambda: [sb() for _ in range(args.steps)]}
             if rate > 0 and zero is not None:
                 fns["zero"] = lambda: [zero() for _ in range(args.steps)]
+            if low:
+                torch.manual_seed(0)
+                s32 = step_fn(ours(preset, rate), x, y, False)
+                fns["fp32"] = lambda: [s32() for _ in range(args.steps)]
             runs = interleaved_runs(fns, rounds=args.rounds)
             t = {name: min(v) for name, v in runs.items()}
             ratio, spread = median_ratio(runs, "hf", "ours")
@@ -80,7 +95,8 @@ def main():
                 zero = sa
             print(f"| {preset} | {B} x {x.shape[1]} | {rate:g} | {t['ours'] / args.steps * 1e3:.1f} | "
                   f"{t['hf'] / args.steps * 1e3:.1f} | {tokens / t['ours']:,.0f} | {tokens / t['hf']:,.0f} | "
-                  f"{ratio:.2f}x ± {spread:.2f} | {cost:.2f}x |", flush=True)
+                  f"{ratio:.2f}x ± {spread:.2f} | {cost:.2f}x |"
+                  + (" {:.2f}x ± {:.2f} |".format(*median_ratio(runs, "fp32", "ours")) if low else ""), flush=True)
     if args.variants:
         print()
         print("| preset | variant (rate 0.2) | time vs no dropout |")
@@ -102,7 +118,7 @@ def main():
                 kw = dict(kw)
                 rate = kw.pop("rate", 0.0)
                 torch.manual_seed(0)
-                s = step_fn(ours(preset, rate, **kw), x, y, False)
+                s = step_fn(ours(preset, rate, **kw), x, y, False, dtype)
                 fns[name] = (lambda s=s: [s() for _ in range(args.steps)])
             t = interleaved(fns, rounds=args.rounds)
             for name in cases:

@@ -115,3 +115,29 @@ def test_matches_transformers_gpt2(tmp_path):
     torch.testing.assert_close(model(x)[0], peer(x).logits, atol=1e-5, rtol=1e-5)
 
 
+
+
+def test_bf16_autocast_training_on_cpu_matches_float32_to_bf16_precision():
+    # train.dtype=bfloat16 on a CPU: under autocast attention takes the two-matmul path (faster
+    # there than SDPA's kernel); loss and gradients must still be fp32's to bf16 precision,
+    # and the causal mask must hold (a changed future token leaves earlier logits alone)
+    torch.manual_seed(0)
+    model = GPT(tiny(vocab_size=65))
+    x = torch.randint(0, 65, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    _, ref = model(x, y)
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(x, y)
+        x2 = x.clone()
+        x2[:, -1] = (x2[:, -1] + 1) % 65
+        changed, _ = model(x2)
+    assert logits.dtype == torch.bfloat16
+    assert torch.equal(changed[:, :-1], logits[:, :-1])
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 0.02 * ref.item()
+    for p, g in zip(model.parameters(), ref_grads):
+        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), g.flatten(), dim=0)
+        assert cos > 0.98, cos

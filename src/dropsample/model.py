@@ -153,9 +153,11 @@ class CausalSelfAttention(nn.Module):
             prefix = cache.length
             k, v = cache.append(layer, k, v)  # (B, H, prefix + T, D)
         p = self.attn_p if self.training else 0.0  # SDPA drops whenever dropout_p > 0, even in eval
-        if prefix == 0 and ((p > 0 and x.device.type == "cpu") or injecting()):
-            # CPU: our dropout kernel beats SDPA's RNG; packed (vmapped) training: SDPA has no
-            # batching rule on CPU and its dropout cannot take the packed masks
+        if prefix == 0 and ((x.device.type == "cpu" and (p > 0 or q.dtype != torch.float32)) or injecting()):
+            # CPU: our dropout kernel beats SDPA's RNG, and under bf16 autocast SDPA's CPU kernel
+            # is 1.7-4x slower than two bf16 matmuls (forward + backward, bench/train_speed.py
+            # --dtype bfloat16); packed (vmapped) training: SDPA has no batching rule on CPU and
+            # its dropout cannot take the packed masks
             y = math_attention(q, k, v, p, causal=True)
         elif prefix == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
