@@ -116,3 +116,36 @@ def test_printing_a_sweeps_config_is_refused_in_one_line(tmp_path):
         "error: --cfg prints one run's config or Hydra's settings and cannot go with -m; drop -m (and give each "
         "swept key one value) to see a job's config"]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_relative_paths_are_read_from_the_launch_directory_by_every_later_command(tmp_path):
+    # trained from `here` with relative data.path and gen.prompt_file; sampled, evaluated and
+    # resumed from `elsewhere`, where those names mean nothing
+    from conftest import DATA_DIR
+    from dropsample.runs import RunFolder
+    from dropsample.schema import config_hash
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    (here / "corpus.txt").write_text((DATA_DIR / "tinyshakespeare" / "input.txt").read_text()[:200_000])
+    (here / "prompts.txt").write_text("ROMEO:\nJULIET:\n")
+    run = tmp_path / "run"
+    cli("train", *TINY, "data.path=corpus.txt", "gen.prompt_file=prompts.txt", "gen.num_samples=2",
+        f"hydra.run.dir={run}", cwd=here, check=True)
+    folder = RunFolder(run)
+    assert folder.config().data.path == str(here / "corpus.txt")
+    assert folder.summary().config_hash == config_hash(folder.config())  # one identity, whoever reads it
+
+    evaluated = run_cli("eval", str(run), cwd=elsewhere)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((run / "eval.json").read_text())
+    sampled = run_cli("sample", str(run), "--name", "again", cwd=elsewhere)
+    assert sampled.returncode == 0, sampled.stderr
+    prompts = [json.loads(x)["prompt"] for x in (run / "samples" / "again" / "greedy.jsonl").read_text().splitlines()]
+    assert prompts == ["ROMEO:", "JULIET:"]
+
+    before = folder.summary().config_hash
+    folder.update_summary(status="interrupted")  # as a stopped run leaves it
+    resumed = run_cli("train", "--resume", str(run), cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr
+    assert folder.summary().status == "completed" and folder.summary().config_hash == before

@@ -134,9 +134,37 @@ def typed(raw, cls=Config, prefix: str = ""):
         raise ConfigError(prefix + (getattr(exc, "full_key", None) or "config"), str(exc).splitlines()[0]) from None
 
 
-def validate(cfg) -> Config:
-    """A composed config -> a checked, typed Config (or ConfigError naming key and fix)."""
+# Local paths a config may hold, written relative to the directory the run was launched from.
+# Always local: made absolute. Local or a hub id: made absolute only where that file exists.
+_LOCAL_PATHS = ("data.path", "data.cache_dir", "gen.prompt_file")
+_LOCAL_OR_HUB = ("data.name", "data.tokenizer_path", "model.init_from", "judge")
+
+
+def anchor_paths(obj: Config, base: Path) -> None:
+    """Make the config's relative local paths absolute against `base` (the launch directory),
+    so a later `sample`, `eval`, `export` or `--resume` run from elsewhere reads the same files
+    and the run's identity (schema.config_hash) is the same whichever command computes it."""
+    for key in _LOCAL_PATHS + _LOCAL_OR_HUB:
+        *parents, leaf = key.split(".")
+        owner = obj
+        for part in parents:
+            owner = getattr(owner, part)
+        value = getattr(owner, leaf)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            continue
+        if key in _LOCAL_PATHS or (base / path).exists():
+            setattr(owner, leaf, str((base / path).resolve()))
+
+
+def validate(cfg, base: Path | None = None) -> Config:
+    """A composed config -> a checked, typed Config (or ConfigError naming key and fix).
+    Relative local paths are anchored at `base`, the directory the run was launched from
+    (default: the working directory; a run folder's readers pass RunFolder.launch_dir())."""
     obj = typed(cfg)
+    anchor_paths(obj, Path.cwd() if base is None else base)
     schema.check(obj)
     schema.derive(obj)
     resolve_samplers(obj.samplers)

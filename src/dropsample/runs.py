@@ -201,6 +201,10 @@ class RunFolder:
         return self.path / ".hydra" / "config.yaml"
 
     @property
+    def hydra_path(self) -> Path:
+        return self.path / ".hydra" / "hydra.yaml"
+
+    @property
     def overrides_path(self) -> Path:
         return self.path / ".hydra" / "overrides.yaml"
 
@@ -286,11 +290,23 @@ class RunFolder:
             raise DamagedFile(self.config_path, "not a mapping of config keys", fix)
         return data
 
+    def launch_dir(self) -> Path | None:
+        """The directory the run was launched from (Hydra's runtime.cwd in .hydra/hydra.yaml):
+        the config's relative paths are relative to it. None when not recorded (then the
+        working directory stands in, as before)."""
+        try:
+            cwd = yaml.load(self.hydra_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            cwd = cwd["hydra"]["runtime"]["cwd"]
+        except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+            return None
+        return Path(cwd) if isinstance(cwd, str) and Path(cwd).is_absolute() else None
+
     def config(self):
-        """The run's config, typed and checked against the schema."""
+        """The run's config, typed and checked against the schema (relative paths anchored at
+        the launch directory)."""
         raw = self.raw_config()
         try:
-            return validate(raw)
+            return validate(raw, self.launch_dir())
         except UserError as err:
             raise DamagedFile(self.config_path, f"not a valid config: {err}",
                               "restore it, or delete the run folder and train again") from None

@@ -350,6 +350,6 @@ def sample_command(run_dir: Path, overrides: list[str], *, name: str | None, pro
             raise UserError(f"{key}: sample takes only gen.* and samplers overrides and judge=; "
                             f"retrain to change {key}")
         OmegaConf.update(raw, key, o.value(), merge=False, force_add=True)
-    cfg = validate(raw)
+    cfg = validate(raw, run.launch_dir())
     with run.logging_to_file():
         return sample_run(run.path, samplers=cfg.samplers, gen=cfg.gen, name=name, prompt=prompt, judge=cfg.judge)

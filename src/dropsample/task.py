@@ -96,7 +96,7 @@ def run_task(raw_cfg, run_dir: Path, *, sweep_job: bool, resume: bool = False) -
     if not distributed.is_main():
         return _run_other_rank(raw_cfg, run, sweep_job=sweep_job, resume=resume)
     try:
-        cfg = validate(raw_cfg)
+        cfg = validate(raw_cfg, run.launch_dir() if resume else None)  # a resumed run's paths: from its launch
         distributed.check(cfg.train.ddp, cfg.train.device, sweep=sweep_job)
         if sweep_job and not resume:
             done, resume = plan_sweep_job(cfg, run)
@@ -128,7 +128,7 @@ def _run_other_rank(raw_cfg, run: RunFolder, *, sweep_job: bool, resume: bool) -
     nothing; a problem is one line (and a bug's traceback) on this process's stderr."""
     rank = distributed.info().rank
     try:
-        cfg = validate(raw_cfg)
+        cfg = validate(raw_cfg, run.launch_dir() if resume else None)
         distributed.check(cfg.train.ddp, cfg.train.device, sweep=sweep_job)
         if sweep_job and not resume:
             action = distributed.broadcast(None)
