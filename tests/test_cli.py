@@ -77,6 +77,18 @@ def test_sample_into_a_named_folder_without_overwriting(run_dir):
     assert rows[0]["prompt"] == "ROMEO:" and rows[0]["completion"] == rows[1]["completion"]
 
 
+def test_unnamed_samplings_in_the_same_second_keep_both(run_dir, monkeypatch):
+    from dropsample import sample
+
+    monkeypatch.setattr(sample.time, "strftime", lambda fmt: "2026-01-01_00-00-00")
+    for _ in range(2):
+        result = run_cli("sample", str(run_dir), "samplers=[greedy]", "gen.num_samples=2", cwd=run_dir)
+        assert result.returncode == 0, result.stderr
+    for name in ("2026-01-01_00-00-00", "2026-01-01_00-00-00_2"):
+        assert (run_dir / "samples" / name / "greedy.jsonl").is_file(), name
+        assert name in json.loads((run_dir / "summary.json").read_text())["samples"]
+
+
 def test_eval_records_val_loss(run_dir):
     result = cli("eval", str(run_dir), "--checkpoint", "last", "--batches", "4", "--mc-samples", "3", cwd=run_dir)
     assert result.returncode == 0, result.stderr

@@ -165,10 +165,16 @@ def sample_run(
     dev = pick_device(device or cfg.train.device)
     model = ckpt.load_model(dev).eval()
     tok = ckpt.tokenizer
-    name = name or gen.name or time.strftime("%Y-%m-%d_%H-%M-%S")
+    chosen_name = name or gen.name
+    name = chosen_name or time.strftime("%Y-%m-%d_%H-%M-%S")
     out_dir = run.samples(name)
-    if out_dir.exists():
+    if out_dir.exists() and chosen_name:
         raise UserError(f"{out_dir} already exists; pass another --name (earlier results are kept)")
+    for n in range(2, 1000):  # a time-stamped name taken within the same second: _2, _3, ...
+        if not out_dir.exists():
+            break
+        out_dir = run.samples(f"{name}_{n}")
+    name = out_dir.name
     prompts, refs, prompt_source = build_prompts(cfg, gen, tok, prompt)
     the_judge = None
     if judge is not None:
