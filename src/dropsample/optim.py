@@ -21,8 +21,8 @@ last bits; packed.py computes that one and is compared with a tolerance.)
 
 Its state_dict has torch's layout (`state` by parameter index with `step`, `exp_avg`,
 `exp_avg_sq`; `param_groups` with torch's keys), so checkpoints written with either
-optimizer resume with the other. On CUDA, training.make_optimizer keeps torch.optim.AdamW
-itself (fused too; its import cost is small next to CUDA's start-up).
+optimizer resume with the other. training.make_optimizer uses it on CPU only; on CUDA and
+MPS it keeps torch.optim.AdamW itself (its import cost is small next to those devices' start-up).
 """
 
 from __future__ import annotations

@@ -69,16 +69,17 @@ def lr_at(step: int, t: TrainConfig) -> float:
 def make_optimizer(model: GPT, t: TrainConfig, device: torch.device):
     """AdamW; weight decay on matrices and embeddings (dim >= 2), none on biases and LayerNorms.
 
-    Both are torch's fused AdamW kernel, bit for bit. CUDA: torch.optim.AdamW(fused=True).
-    Elsewhere (CPU, MPS): optim.AdamW, the same kernel call without torch.optim's 1.5-2.5 s
-    import of torch._dynamo (see optim.py)."""
+    CPU: optim.AdamW, torch's fused AdamW kernel called without torch.optim's 1.5-2.5 s
+    import of torch._dynamo (see optim.py). CUDA: torch.optim.AdamW(fused=True), the same
+    kernel. Other devices (MPS): torch.optim.AdamW as torch chooses for them (its fused MPS
+    kernel is newer than the oldest torch this project allows)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if device.type == "cuda":
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=True)
-    return AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+    if device.type == "cpu":
+        return AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda" or None)
 
 
 class Batches:
