@@ -29,12 +29,18 @@ def _train(model, opt, steps, start=0):
         opt.zero_grad(set_to_none=True)
 
 
-def test_same_parameters_bit_for_bit_as_torch_fused_adamw():
+def _side_by_side(fused: bool, steps: int = 25):
+    """The same model trained with ours and with torch.optim.AdamW(fused=fused)."""
     ours, theirs = _model(), _model()
     a = AdamW(_groups(ours), lr=1e-2, betas=(0.9, 0.99))
-    b = torch.optim.AdamW(_groups(theirs), lr=1e-2, betas=(0.9, 0.99), fused=True)
-    _train(ours, a, 25)
-    _train(theirs, b, 25)
+    b = torch.optim.AdamW(_groups(theirs), lr=1e-2, betas=(0.9, 0.99), fused=fused)
+    _train(ours, a, steps)
+    _train(theirs, b, steps)
+    return ours, theirs, a, b
+
+
+def test_same_parameters_bit_for_bit_as_torch_fused_adamw():
+    ours, theirs, a, b = _side_by_side(fused=True)
     for p, q in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(p, q)
     sa, sb = a.state_dict(), b.state_dict()
@@ -47,11 +53,7 @@ def test_same_parameters_bit_for_bit_as_torch_fused_adamw():
 
 def test_same_update_as_torch_default_adamw_up_to_rounding():
     # torch's default CPU path (single-tensor) is the same formula, rounded differently
-    ours, theirs = _model(), _model()
-    a = AdamW(_groups(ours), lr=1e-2, betas=(0.9, 0.99))
-    b = torch.optim.AdamW(_groups(theirs), lr=1e-2, betas=(0.9, 0.99), fused=False)
-    _train(ours, a, 25)
-    _train(theirs, b, 25)
+    ours, theirs, _, _ = _side_by_side(fused=False)
     moved = 0.0
     for p, q, p0 in zip(ours.parameters(), theirs.parameters(), _model().parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)

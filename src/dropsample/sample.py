@@ -165,16 +165,16 @@ def sample_run(
     dev = pick_device(device or cfg.train.device)
     model = ckpt.load_model(dev).eval()
     tok = ckpt.tokenizer
-    chosen_name = name or gen.name
-    name = chosen_name or time.strftime("%Y-%m-%d_%H-%M-%S")
+    name = name or gen.name
+    if not name:  # time-stamped; another sampling within the same second took it: _2, _3, ...
+        stamp, n = time.strftime("%Y-%m-%d_%H-%M-%S"), 1
+        name = stamp
+        while run.samples(name).exists():
+            n += 1
+            name = f"{stamp}_{n}"
     out_dir = run.samples(name)
-    if out_dir.exists() and chosen_name:
+    if out_dir.exists():
         raise UserError(f"{out_dir} already exists; pass another --name (earlier results are kept)")
-    for n in range(2, 1000):  # a time-stamped name taken within the same second: _2, _3, ...
-        if not out_dir.exists():
-            break
-        out_dir = run.samples(f"{name}_{n}")
-    name = out_dir.name
     prompts, refs, prompt_source = build_prompts(cfg, gen, tok, prompt)
     the_judge = None
     if judge is not None:

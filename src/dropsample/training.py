@@ -79,7 +79,7 @@ def make_optimizer(model: GPT, t: TrainConfig, device: torch.device):
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if device.type == "cpu":
         return AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2))
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda" or None)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=True if device.type == "cuda" else None)
 
 
 class Batches:
