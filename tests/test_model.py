@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import dropsample.model as model_module
 from dropsample.model import GPT, GPTConfig, KVCache
 
 
@@ -84,22 +85,39 @@ def test_kv_cache_select_reorders_rows_reusing_the_shared_prefix():
     assert torch.equal(cache.k[:, :, :, : cache.length], expect_k[:, [3, 0]])
 
 
-def test_one_row_decoding_logits_follow_the_weights_and_equal_a_wider_batchs():
-    """Decoding one sample multiplies by a cached (C, V) copy of the tied weight: its logits
-    equal the same row's in a batch of two, and follow an in-place change of the weight."""
+@pytest.mark.skipif(not model_module._ONEDNN_HEAD, reason="the oneDNN output layer is used on x86 CPUs only")
+def test_large_vocabulary_inference_logits_equal_nn_linear_and_follow_the_weights():
+    """Without gradients a large vocabulary's output layer runs through oneDNN, not nn.Linear
+    (seen in the profile): the logits equal nn.Linear's to float rounding, for one row and for
+    many, follow an in-place change of the weight, and work for weights made in inference mode."""
+    from torch.profiler import profile
+
     torch.manual_seed(0)
-    model = GPT(tiny()).eval()
-    x = torch.randint(0, 37, (2, 6))
+    cfg = GPTConfig(vocab_size=model_module._ONEDNN_MIN_VOCAB + 3, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    model = GPT(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (3, 6))
+
+    def reference(ids):  # the same forward pass with the output layer through nn.Linear
+        with torch.enable_grad():
+            return model(ids)[0].detach()
+
+    for ids in (x[:1], x):
+        with torch.no_grad(), profile() as prof:
+            logits = model(ids)[0]
+        assert any("_linear_pointwise" in e.name for e in prof.events())
+        torch.testing.assert_close(logits, reference(ids), atol=1e-5, rtol=1e-5)
     with torch.no_grad():
-        one = model(x[:1], last_only=True)[0]
-        torch.testing.assert_close(one, model(x, last_only=True)[0][:1], atol=1e-5, rtol=1e-5)
+        last = model(x, last_only=True)[0]
         model.transformer.wte.weight.mul_(2.0)
-        moved = model(x[:1], last_only=True)[0]
-        torch.testing.assert_close(moved, model(x, last_only=True)[0][:1], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(one, moved)
-    with torch.inference_mode():  # a model built in inference mode (weights without a version counter)
-        frozen = GPT(tiny()).eval()
-        assert frozen(x[:1], last_only=True)[0].shape == (1, 1, 37)
+        moved = model(x, last_only=True)[0]
+    assert not torch.allclose(last, moved)
+    torch.testing.assert_close(moved, reference(x)[:, -1:], atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():  # weights without a version counter
+        frozen = GPT(cfg).eval()
+        assert frozen(x[:1], last_only=True)[0].shape == (1, 1, cfg.vocab_size)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), profile() as prof:
+        model(x)  # under autocast the output layer stays nn.Linear's (bf16, as in training)
+    assert not any("_linear_pointwise" in e.name for e in prof.events())
 
 
 def test_matches_transformers_gpt2(tmp_path):

@@ -10,6 +10,7 @@ Shapes: B batch, T time, C n_embd, H n_head, D = C // H head size, V vocab.
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +60,13 @@ class GPTConfig:
                 raise ValueError(f"model config {key}={d[key]!r} is not a positive integer")
         d["dropout"] = DropoutRates.from_dict(d.get("dropout", {}))
         return cls(**d)
+
+
+# Inference's output layer on x86 CPUs (see GPT._logits): from about 4,096 tokens oneDNN's
+# product beats MKL's (1.1-1.8x at 4,096 x 128, 1.4-5x at 50,257); below it, it loses.
+_ONEDNN_MIN_VOCAB = 4096
+_ONEDNN_HEAD = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class KVCache:
@@ -235,7 +243,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.word_drop = d.word
-        self._head_t: tuple[tuple, torch.Tensor] | None = None  # see _logits
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream
         # does not grow with depth
@@ -268,17 +275,18 @@ class GPT(nn.Module):
             block.mlp.hidden_drop.p, block.mlp.resid_drop.p = d.mlp_hidden, d.resid_mlp
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T, V). One position without gradients (decoding one sample) on CPU
-        multiplies by a (C, V) copy of the tied weight: MKL's matrix-vector product over the
-        (V, C) weight is 3-4x slower at a BPE vocabulary (2.7 ms vs 0.6 ms at 50,257 x 128), and
-        the copy gives the bits a wider batch gets. The copy is remade when the weight changes."""
+        """(B, T, C) -> (B, T, V). Without gradients on an x86 CPU, a large vocabulary's output
+        layer goes through oneDNN's matrix product: MKL's, which nn.Linear calls, is slow for a
+        (V, C) weight this wide (bench/generate_speed.py; at 50,257 x 128: 3.4 vs 0.7 ms for
+        one row, 9.6 vs 5.4 ms for 64, 46 vs 32 ms for 256). Same fp32 product, another order
+        of summation: logits differ from nn.Linear's in the last bits."""
         w = self.lm_head.weight
-        if x.shape[0] * x.shape[1] != 1 or x.device.type != "cpu" or torch.is_grad_enabled() or w.is_inference():
-            return self.lm_head(x)  # (an inference-mode weight has no version counter to key the copy on)
-        key = (w.data_ptr(), w._version, w.shape)
-        if self._head_t is None or self._head_t[0] != key:
-            self._head_t = (key, w.detach().t().contiguous())  # (C, V)
-        return x @ self._head_t[1]
+        if (w.shape[0] >= _ONEDNN_MIN_VOCAB and _ONEDNN_HEAD and x.device.type == "cpu"
+                and not torch.is_grad_enabled() and x.dtype == w.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu")):
+            flat = x.reshape(-1, x.shape[-1])  # (B*T, C)
+            return torch.ops.mkldnn._linear_pointwise(flat, w, None, "none", [], "").view(*x.shape[:-1], -1)
+        return self.lm_head(x)
 
     def forward(
         self,
