@@ -118,6 +118,16 @@ def test_large_vocabulary_inference_logits_equal_nn_linear_and_follow_the_weight
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), profile() as prof:
         model(x)  # under autocast the output layer stays nn.Linear's (bf16, as in training)
     assert not any("_linear_pointwise" in e.name for e in prof.events())
+    # a packed (vmapped) evaluation keeps nn.Linear too: vmap has no batching rule for oneDNN's op
+    from torch.func import functional_call, vmap
+
+    from dropsample.dropout import mask_source
+
+    stacked = {n: torch.stack([p.detach(), 2 * p.detach()]) for n, p in model.named_parameters()}
+    with torch.no_grad(), mask_source(object()), profile() as prof:
+        packed = vmap(lambda p: functional_call(model, p, (x,))[0])(stacked)
+    assert not any("_linear_pointwise" in e.name for e in prof.events())
+    torch.testing.assert_close(packed[0], reference(x), atol=1e-5, rtol=1e-5)
 
 
 def test_matches_transformers_gpt2(tmp_path):

@@ -283,7 +283,7 @@ class GPT(nn.Module):
         w = self.lm_head.weight
         if (w.shape[0] >= _ONEDNN_MIN_VOCAB and _ONEDNN_HEAD and x.device.type == "cpu"
                 and not torch.is_grad_enabled() and x.dtype == w.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu")):
+                and not torch.is_autocast_enabled("cpu") and not injecting()):  # (packed: vmap has no rule for it)
             flat = x.reshape(-1, x.shape[-1])  # (B*T, C)
             return torch.ops.mkldnn._linear_pointwise(flat, w, None, "none", [], "").view(*x.shape[:-1], -1)
         return self.lm_head(x)
