@@ -115,6 +115,11 @@ def test_large_vocabulary_inference_logits_equal_nn_linear_and_follow_the_weight
     with torch.inference_mode():  # weights without a version counter
         frozen = GPT(cfg).eval()
         assert frozen(x[:1], last_only=True)[0].shape == (1, 1, cfg.vocab_size)
+    with torch.no_grad():
+        assert model(x[:0])[0].shape == (0, 6, cfg.vocab_size)  # no rows: empty logits, as nn.Linear gives
+        wide = GPT(cfg).double().eval()  # oneDNN's op takes no float64: nn.Linear's logits
+        logits, _, hidden = wide(x, return_hidden=True)  # hidden: after the final LayerNorm
+        assert logits.dtype == torch.float64 and torch.equal(logits, wide.lm_head(hidden))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), profile() as prof:
         model(x)  # under autocast the output layer stays nn.Linear's (bf16, as in training)
     assert not any("_linear_pointwise" in e.name for e in prof.events())

@@ -285,7 +285,7 @@ class GPT(nn.Module):
                 and not torch.is_grad_enabled() and x.dtype == w.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu") and not injecting()):  # (packed: vmap has no rule for it)
             flat = x.reshape(-1, x.shape[-1])  # (B*T, C)
-            return torch.ops.mkldnn._linear_pointwise(flat, w, None, "none", [], "").view(*x.shape[:-1], -1)
+            return torch.ops.mkldnn._linear_pointwise(flat, w, None, "none", [], "").view(*x.shape[:-1], w.shape[0])
         return self.lm_head(x)
 
     def forward(
