@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import TINY, cli
 from dropsample import tokenizer as toks
-from dropsample.evaluation import gap, ratio_se, split_loss, window_starts
+from dropsample.evaluation import gap, ratio_se, split_loss, token_nll, window_starts
 from dropsample.model import GPT, GPTConfig
 
 TEXT = "Où est la gare? À gauche, après le café.\n" * 40  # multi-byte characters: bytes != chars
@@ -102,3 +102,49 @@ def test_a_run_summary_carries_the_final_evaluation_and_prints_an_80_column_head
     assert [b.split()[0] for b in block if not b.startswith(" ")] == ["run", "status", "dropout", "val", "gap"]
     assert all(len(b) <= 80 for b in block[1:]), block
     assert "±" in block[-1] and "bits/byte" in "".join(block)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_nll_is_cross_entropy_bit_for_bit(dtype):
+    """The in-place log-softmax gives F.cross_entropy's per-token values exactly, at GPT-2's
+    vocabulary, for fp32 logits and for a bf16 pass's logits (scored in fp32, as forward does)."""
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 5, 50257, generator=g) * 4).to(dtype)
+    targets = torch.randint(50257, (2, 5), generator=g)
+    expected = F.cross_entropy(logits.float().view(-1, 50257), targets.view(-1), reduction="none").view(2, 5)
+    got = token_nll(logits.clone(), targets)
+    assert got.dtype == torch.float32 and got.shape == (2, 5)
+    assert torch.equal(got, expected)
+
+
+def test_estimate_loss_is_the_mean_cross_entropy_of_its_fixed_batches():
+    """Each split's loss is the mean over eval_iters batches of F.cross_entropy on those batches
+    (drawn as Batches draws them with the split's seed), its SE their spread, and bits per byte
+    the batches' nats over their UTF-8 bytes."""
+    from conftest import compose
+    from dropsample.training import Batches, estimate_loss
+
+    cfg = compose(["model=tiny", "train.eval_iters=3", "train.batch_size=4"])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=cfg.model.block_size, n_layer=1, n_head=2, n_embd=16)).train()
+    g = torch.Generator().manual_seed(1)
+    splits = {"train": torch.randint(300, (500,), generator=g), "val": torch.randint(300, (400,), generator=g)}
+    byte_lengths = np.random.default_rng(2).integers(1, 5, size=300)
+    out = estimate_loss(model, splits, cfg, torch.device("cpu"), torch.autocast("cpu", enabled=False), byte_lengths)
+    assert model.training  # restored
+    for offset, role in enumerate(sorted(splits)):
+        batches = Batches(splits[role], cfg.model.block_size, 4, torch.device("cpu"), cfg.train.eval_seed + offset, 0, 1)
+        losses, nbytes = [], 0
+        model.eval()
+        with torch.no_grad():
+            for _ in range(3):
+                x, y = batches.next()
+                logits, _ = model(x)
+                losses.append(F.cross_entropy(logits.view(-1, 300), y.reshape(-1)).item())
+                nbytes += int(byte_lengths[y.numpy()].sum())
+        model.train()
+        mean = float(np.mean(losses))
+        assert out[role]["loss"] == pytest.approx(mean, rel=1e-6)
+        # (the batch losses agree to float32 rounding, ~1e-7 nats; the SE is ~1e-3, so compare absolutely)
+        assert out[role]["se"] == pytest.approx(np.std(losses, ddof=1) / math.sqrt(3), abs=1e-5)
+        assert out[role]["bpb"] == pytest.approx(mean * 3 * 4 * cfg.model.block_size / (math.log(2) * nbytes), rel=1e-6)

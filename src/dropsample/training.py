@@ -36,7 +36,7 @@ from dropsample import loggers, pretrained
 from dropsample.config import validate_with_data
 from dropsample import tokenizer as toks
 from dropsample.device import autocast, pick_device, pick_dtype
-from dropsample.evaluation import evaluate_splits, gap, standard_error
+from dropsample.evaluation import evaluate_splits, gap, standard_error, token_nll
 from dropsample.errors import DamagedFile, UserError
 from dropsample.dropout import DropoutRates, DropoutSchedule, resolve_rates
 from dropsample.model import GPT, GPTConfig
@@ -128,8 +128,9 @@ def estimate_loss(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, devi
         for _ in range(cfg.train.eval_iters):
             x, y = batches.next()
             with amp:
-                _, loss = model(x, y)
-            losses.append(loss.item())
+                logits, _ = model(x)
+            # the mean NLL F.cross_entropy would give, without its second (B, T, V) tensor
+            losses.append(token_nll(logits, y).mean().item())
             nbytes += int(byte_lengths[y.cpu().numpy()].sum())
         if distributed.active():
             # (eval_iters + 1,) float64: per-batch losses and the byte count, summed over ranks
