@@ -88,10 +88,10 @@ def main() -> None:
         sys.exit(f"error: nanoGPT's Tiny Shakespeare is not prepared in {nano}; "
                  f"run: cd {nano} && python data/shakespeare_char/prepare.py")
 
-    import torch
+    from common import environment, median_ratio  # (imports torch: after the checks above)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"batch {BATCH} x context {CONTEXT}, {LAYERS} x {HEADS} x {WIDTH}, fp32, {args.rounds} rounds")
+    print(environment() + f"; batch {BATCH} x context {CONTEXT}, {LAYERS} x {HEADS} x {WIDTH}, fp32, "
+          f"{args.rounds} rounds")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "DROPSAMPLE_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
@@ -108,12 +108,12 @@ def main() -> None:
                     walls["ours" + key].append(timed(ours_cmd(rate, iters, interval, tmp / "runs"), ours_dir, env))
             per_iter = {side: [(b - a) / 500 * 1e3 for a, b in zip(walls[side + "200"], walls[side + "700"])]
                         for side in ("nano", "ours")}
-            ratios = sorted(n / o for n, o in zip(per_iter["nano"], per_iter["ours"]))
-            whole = sorted(n / o for n, o in zip(walls["nano500"], walls["ours500"]))
+            per_step, per_step_spread = median_ratio(per_iter, "nano", "ours")
+            whole, whole_spread = median_ratio(walls, "nano500", "ours500")
             rows.append(f"| {rate:g} | {statistics.median(per_iter['nano']):.1f} | {statistics.median(per_iter['ours']):.1f} "
-                        f"| {statistics.median(ratios):.2f}x ± {(ratios[-1] - ratios[0]) / 2:.2f} "
+                        f"| {per_step:.2f}x ± {per_step_spread:.2f} "
                         f"| {statistics.median(walls['nano500']):.1f} | {statistics.median(walls['ours500']):.1f} "
-                        f"| {statistics.median(whole):.2f}x ± {(whole[-1] - whole[0]) / 2:.2f} |")
+                        f"| {whole:.2f}x ± {whole_spread:.2f} |")
             print(f"rate {rate:g}: " + "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vs) for k, vs in walls.items()),
                   flush=True)
     print("| dropout | nanoGPT ms/iter | dropsample ms/iter | speed-up | nanoGPT 500 steps (s) | "
